@@ -1,0 +1,205 @@
+/**
+ * The source end of the tunnel: proves the TLS set-up against the server at start, then
+ * offers a private unix socket to the source QEMU and carries each connection made to it
+ * over a WebSocket of its own. Streams are opened strictly one after another, in the order
+ * QEMU connected, so the destination sees the same order (see protocol.ts).
+ */
+import type { Socket, SocketHandler, UnixSocketListener } from "bun";
+import { clientChannel } from "./channels.ts";
+import type { Credentials } from "./credentials.ts";
+import { ExitCode, WssmigError } from "./errors.ts";
+import type { Logger } from "./log.ts";
+import { StreamPipe } from "./pipe.ts";
+import { CloseCode, PROBE_PATH, STREAM_PATH, streamHeaders, type StreamTag } from "./protocol.ts";
+import { clientTlsOptions, explainConnectFailure, type ConnectContext } from "./tls.ts";
+import { listenPrivateUnixSocket, removeSocketFile } from "./unix-socket.ts";
+
+export interface TunnelClientConfig {
+  /** wss://HOST:PORT of wssmig-server. */
+  serverUrl: string;
+  /** The name to expect in the server certificate, when it is not the URL's host. */
+  serverName?: string;
+  credentials: Credentials;
+  /** The unix socket offered to the source QEMU. */
+  listenSocket: string;
+  /** How long opening one WebSocket may take (the server may wait for the destination QEMU). */
+  openTimeoutSeconds: number;
+  progressIntervalSeconds: number;
+  log: Logger;
+}
+
+export interface TunnelClient {
+  /** Closes every stream (both legs), stops listening and removes the socket file. */
+  stop(reason: string): Promise<void>;
+}
+
+/** Why a WebSocket did not open. */
+class OpenFailure extends Error {
+  constructor(readonly detail: string, readonly closeCode?: number) {
+    super(detail);
+  }
+}
+
+/** Per source QEMU connection. */
+interface SourceLeg {
+  label: string;
+  pipe: StreamPipe | null;
+  closedBeforeOpen: boolean;
+}
+
+const sourceHandlers: SocketHandler<SourceLeg> = {
+  data(socket, chunk) {
+    socket.data.pipe?.onSocketData(chunk);
+  },
+  drain(socket) {
+    socket.data.pipe?.onSocketDrain();
+  },
+  end(socket) {
+    legClosed(socket.data);
+  },
+  close(socket, error) {
+    legClosed(socket.data, error);
+  },
+  error(socket, error) {
+    legClosed(socket.data, error);
+  },
+};
+
+function legClosed(leg: SourceLeg, error?: Error): void {
+  if (leg.pipe) leg.pipe.onSocketClosed(error);
+  else leg.closedBeforeOpen = true;
+}
+
+function webSocketUrl(serverUrl: string, path: string): string {
+  const url = new URL(serverUrl);
+  url.pathname = path;
+  return url.toString();
+}
+
+/** Opens a WebSocket and resolves once it is open; rejects with the failure's text. */
+function openWebSocket(url: string, config: TunnelClientConfig, headers: Record<string, string>): Promise<WebSocket> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, {
+      tls: clientTlsOptions(config.credentials, config.serverName),
+      headers,
+      perMessageDeflate: false,
+    });
+    ws.binaryType = "arraybuffer";
+    let errorText = "";
+    const timer = setTimeout(() => {
+      reject(new OpenFailure(`timed out after ${config.openTimeoutSeconds} s`));
+      ws.terminate();
+    }, config.openTimeoutSeconds * 1000);
+    ws.onopen = () => {
+      clearTimeout(timer);
+      ws.onerror = ws.onclose = null;
+      resolve(ws);
+    };
+    ws.onerror = (event) => {
+      errorText ||= (event as ErrorEvent).message || "connection failed";
+    };
+    ws.onclose = (event) => {
+      clearTimeout(timer);
+      reject(new OpenFailure(errorText || event.reason || `closed with code ${event.code}`, event.code));
+    };
+  });
+}
+
+function connectContext(config: TunnelClientConfig): ConnectContext {
+  return {
+    url: config.serverUrl,
+    expectedName: config.serverName ?? new URL(config.serverUrl).hostname.replace(/^\[|\]$/g, ""),
+    credentials: config.credentials,
+  };
+}
+
+/**
+ * Completes a TLS and WebSocket handshake with the server, so that a wrong address or a
+ * certificate problem is reported before the source QEMU is involved. Returns the server's
+ * greeting (its close reason).
+ */
+export async function probeServer(config: TunnelClientConfig): Promise<string> {
+  let ws: WebSocket;
+  try {
+    ws = await openWebSocket(webSocketUrl(config.serverUrl, PROBE_PATH), config, {});
+  } catch (error) {
+    const detail = error instanceof OpenFailure ? error.detail : String(error);
+    const certificateProblem = /certificate|altnames|tls|ssl|alert|handshake|verify|connection ended/i.test(detail);
+    throw new WssmigError(explainConnectFailure(detail, connectContext(config)), certificateProblem ? ExitCode.Config : ExitCode.Unreachable);
+  }
+  return new Promise((resolve) => {
+    ws.onclose = (event) => resolve(event.reason);
+    ws.close(CloseCode.Normal, "probe done");
+  });
+}
+
+export async function startTunnelClient(config: TunnelClientConfig): Promise<TunnelClient> {
+  const { log } = config;
+  const greeting = await probeServer(config);
+  log.info({ server: config.serverUrl, greeting }, "server verified: TLS and WebSocket handshake completed");
+
+  const session = crypto.randomUUID();
+  const pipes = new Set<StreamPipe>();
+  let nextSequence = 0;
+  // Each stream opens only after the previous one has opened or failed (connection order).
+  let previousOpen: Promise<void> = Promise.resolve();
+  let stopping = false;
+
+  async function openStream(socket: Socket<SourceLeg>, tag: StreamTag): Promise<void> {
+    const leg = socket.data;
+    let ws: WebSocket;
+    try {
+      ws = await openWebSocket(webSocketUrl(config.serverUrl, STREAM_PATH), config, streamHeaders(tag));
+    } catch (error) {
+      const detail = error instanceof OpenFailure ? error.detail : String(error);
+      log.error({ stream: leg.label }, `stream refused: ${explainConnectFailure(detail, connectContext(config))}`);
+      socket.end();
+      return;
+    }
+    if (stopping) {
+      ws.close(CloseCode.GoingAway, "wssmig-client is shutting down");
+      socket.end();
+      return;
+    }
+    const pipe: StreamPipe = new StreamPipe(socket, clientChannel(ws, () => pipe.onChannelDrain()), {
+      label: leg.label,
+      log,
+      progressIntervalSeconds: config.progressIntervalSeconds,
+      onClosed: () => pipes.delete(pipe),
+    });
+    pipes.add(pipe);
+    leg.pipe = pipe;
+    ws.onmessage = (event) => pipe.onChannelMessage(new Uint8Array(event.data as ArrayBuffer));
+    ws.onclose = (event) => {
+      if (event.code !== CloseCode.Normal && event.code !== CloseCode.GoingAway) {
+        log.error({ stream: leg.label, code: event.code }, `the server closed the stream: ${event.reason || "connection lost"}`);
+      }
+      pipe.onChannelClosed(event.code, event.reason);
+    };
+    log.info({ stream: leg.label }, "stream opened");
+    if (leg.closedBeforeOpen) pipe.onSocketClosed();
+    else socket.resume();
+  }
+
+  const listener: UnixSocketListener<SourceLeg> = await listenPrivateUnixSocket<SourceLeg>(config.listenSocket, {
+    ...sourceHandlers,
+    open(socket) {
+      // Hold QEMU's bytes until the stream's WebSocket is open.
+      socket.pause();
+      const tag = { session, sequence: nextSequence++ };
+      socket.data = { label: `${session.slice(0, 8)}/${tag.sequence}`, pipe: null, closedBeforeOpen: false };
+      log.info({ stream: socket.data.label }, "source QEMU connected");
+      previousOpen = previousOpen.then(() => openStream(socket, tag));
+    },
+  });
+  log.info({ socket: config.listenSocket }, `listening on ${config.listenSocket} for the source QEMU`);
+
+  return {
+    async stop(reason: string) {
+      stopping = true;
+      for (const pipe of [...pipes]) pipe.fail(CloseCode.GoingAway, reason);
+      listener.stop(true);
+      removeSocketFile(config.listenSocket);
+    },
+  };
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env bun
+/** wssmig-server: the destination end of the tunnel. */
+import { Option } from "commander";
+import { createProgram, integerOption, loggerFor, runMain, secondsOption, type LogOptions } from "./lib/cli.ts";
+import { loadCredentials } from "./lib/credentials.ts";
+import { DEFAULT_CERTS_DIR, DEFAULT_HOST, DEFAULT_INCOMING_SOCKET, DEFAULT_PORT } from "./lib/defaults.ts";
+import { ExitCode, WssmigError, describeError } from "./lib/errors.ts";
+import { onTerminationSignal } from "./lib/shutdown.ts";
+import { startTunnelServer } from "./lib/tunnel-server.ts";
+
+const NAME = "wssmig-server";
+
+interface ServerOptions extends LogOptions {
+  host: string;
+  port: number;
+  certs: string;
+  socket: string;
+  waitForDestination: number;
+  idleTimeout: number;
+  progressInterval: number;
+}
+
+const program = createProgram(NAME, "Destination end of the wssmig tunnel: accepts wss:// streams from wssmig-client (client certificate required) and forwards each into the unix socket the destination QEMU listens on.")
+  .option("--host <address>", "address to listen on", DEFAULT_HOST)
+  .option("--port <port>", "TCP port to listen on (0: any free port, logged at start)", integerOption(0, 65535), DEFAULT_PORT)
+  .option("--certs <dir>", "directory with ca.pem, server-cert.pem and server-key.pem", DEFAULT_CERTS_DIR)
+  .option("--socket <path>", "unix socket the destination QEMU listens on (wssmig-receive --socket)", DEFAULT_INCOMING_SOCKET)
+  .addOption(new Option("--wait-for-destination <seconds>", "how long a stream waits for the destination QEMU to listen").argParser(secondsOption(0, 3600)).default(60))
+  .addOption(new Option("--idle-timeout <seconds>", "close a WebSocket after this long without traffic or pong (pings are sent before)").argParser(integerOption(8, 960)).default(120))
+  .addOption(new Option("--progress-interval <seconds>", "seconds between per-stream progress log lines; 0 turns them off").argParser(secondsOption(0, 3600)).default(5));
+
+async function main(): Promise<number> {
+  const options = program.parse().opts<ServerOptions>();
+  const log = loggerFor(NAME, options);
+  const credentials = await loadCredentials(options.certs, "server");
+  let server;
+  try {
+    server = startTunnelServer({
+      host: options.host,
+      port: options.port,
+      credentials,
+      destinationSocket: options.socket,
+      destinationWaitSeconds: options.waitForDestination,
+      idleTimeoutSeconds: options.idleTimeout,
+      progressIntervalSeconds: options.progressInterval,
+      maxMessageBytes: 16 * 1024 * 1024,
+      log,
+    });
+  } catch (error) {
+    const text = describeError(error);
+    if (/EADDRINUSE|in use/i.test(text)) {
+      throw new WssmigError(`port ${options.port} on ${options.host} is already in use; stop the other process or choose --port`, ExitCode.Config);
+    }
+    throw new WssmigError(`cannot listen on ${options.host}:${options.port}: ${text}`, ExitCode.Config);
+  }
+  const signal = await onTerminationSignal((signal) => server.stop(`wssmig-server stopped by ${signal}`));
+  log.info(`stopped by ${signal}`);
+  return ExitCode.Ok;
+}
+
+await runMain(NAME, main);
