@@ -1,12 +1,16 @@
 /**
  * Loads a role's TLS files from the certs directory: ca.pem plus <role>-cert.pem and
  * <role>-key.pem. Every problem is a WssmigError (exit code Config) naming the file and the fix.
- * (Minimal version: issue #4's key-mode, key/cert match and validity checks come next.)
+ * Before handing out the key it refuses (issue #4): a key file open to group or others, a key
+ * that does not match the certificate, and a certificate of its own that is expired or not yet
+ * valid. A certificate that expires within 30 days is returned as a warning for the caller to log.
+ * The checks themselves live in certcheck.ts, shared with `wssmig-gencerts check`.
  */
 import { join } from "node:path";
+import { checkOwnCredentials, type Role } from "./certcheck.ts";
 import { ExitCode, WssmigError } from "./errors.ts";
 
-export type Role = "server" | "client";
+export type { Role };
 
 export interface CredentialFiles {
   ca: string;
@@ -19,6 +23,8 @@ export interface Credentials {
   ca: string;
   cert: string;
   key: string;
+  /** Sentences to log at warn level, e.g. "server certificate PATH expires in 12 days, ...". */
+  warnings: string[];
 }
 
 export function credentialFiles(certsDir: string, role: Role): CredentialFiles {
@@ -40,12 +46,14 @@ async function readPem(path: string, what: string): Promise<string> {
   return file.text();
 }
 
-export async function loadCredentials(certsDir: string, role: Role): Promise<Credentials> {
+export async function loadCredentials(certsDir: string, role: Role, now: Date = new Date()): Promise<Credentials> {
   const files = credentialFiles(certsDir, role);
-  return {
-    files,
-    ca: await readPem(files.ca, "CA certificate"),
-    cert: await readPem(files.cert, `${role} certificate`),
-    key: await readPem(files.key, `${role} key`),
-  };
+  const ca = await readPem(files.ca, "CA certificate");
+  const cert = await readPem(files.cert, `${role} certificate`);
+  const key = await readPem(files.key, `${role} key`);
+  const { checks } = await checkOwnCredentials(role, files, cert, key, now);
+  const failed = checks.find((check) => check.status === "fail");
+  if (failed) throw new WssmigError(failed.message, ExitCode.Config);
+  const warnings = checks.filter((check) => check.status === "warn").map((check) => check.message);
+  return { files, ca, cert, key, warnings };
 }
