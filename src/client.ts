@@ -44,6 +44,7 @@ async function main(): Promise<number> {
   const options = program.parse().opts<ClientOptions>();
   const log = loggerFor(NAME, options);
   const credentials = await loadCredentials(options.certs, "client");
+  for (const warning of credentials.warnings) log.warn(warning);
   const client = await startTunnelClient({
     serverUrl: parseServerUrl(options.server),
     serverName: options.serverName,

@@ -33,6 +33,7 @@ async function main(): Promise<number> {
   const options = program.parse().opts<ServerOptions>();
   const log = loggerFor(NAME, options);
   const credentials = await loadCredentials(options.certs, "server");
+  for (const warning of credentials.warnings) log.warn(warning);
   let server;
   try {
     server = startTunnelServer({

@@ -45,6 +45,8 @@ export interface ConnectContext {
  */
 export function explainConnectFailure(errorText: string, context: ConnectContext): string {
   const { url, expectedName, credentials } = context;
+  // Bun prefixes every failure with "WebSocket connection to '<url>' failed: "; the URL is said below.
+  errorText = errorText.replace(/^WebSocket connection to '[^']*' failed: /, "");
   const text = errorText.toLowerCase();
   const has = (...needles: string[]) => needles.some((needle) => text.includes(needle.toLowerCase()));
 

@@ -102,6 +102,7 @@ export function startTunnelServer(config: TunnelServerConfig): TunnelServer {
       socket = null;
       log.error({ stream: label, socket: config.destinationSocket }, `cannot connect to ${config.destinationSocket}: ${describeError(error)}`);
     }
+    if (!socket) log.error({ stream: label }, `stream refused: no destination QEMU listens on ${config.destinationSocket}`);
     const data: WebSocketData = socket
       ? { kind: "stream", tag, socket }
       : {
@@ -130,7 +131,12 @@ export function startTunnelServer(config: TunnelServerConfig): TunnelServer {
         return server.upgrade(request, { data: { kind: "probe" } }) ? undefined : refuse(request, server, 400, "the WebSocket upgrade failed");
       }
       const tag = parseStreamTag(request.headers);
-      if (!tag) return refuse(request, server, 400, "missing or malformed session/stream headers");
+      if (!tag) {
+        const reason = "missing or malformed session/stream headers; streams come from wssmig-client";
+        log.warn({ remote: server.requestIP(request)?.address }, `refused: ${reason}`);
+        const data: WebSocketData = { kind: "refused", code: CloseCode.BadRequest, reason };
+        return server.upgrade(request, { data }) ? undefined : refuse(request, server, 400, reason);
+      }
       return upgradeStream(request, server, tag);
     },
     websocket: {

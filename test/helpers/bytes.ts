@@ -64,7 +64,6 @@ export class ReceivedBytes {
 export interface SinkConnection {
   index: number;
   received: ReceivedBytes;
-  /** The first 8 bytes, when producers tag their stream (see connectProducer's tag). */
   closed: Promise<void>;
   socket: Socket;
 }
@@ -138,7 +137,8 @@ function throttle(socket: Socket, received: ReceivedBytes, bytesPerSecond: numbe
 export async function connectUnix(path: string): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const socket = connect(path);
-    socket.once("connect", () => (socket.off("error", reject), resolve(socket)));
+    // Tests provoke broken connections on purpose; they read the outcome from close and counts.
+    socket.once("connect", () => (socket.off("error", reject), socket.on("error", () => {}), resolve(socket)));
     socket.once("error", reject);
   });
 }
@@ -149,9 +149,10 @@ export interface ProducerResult {
 }
 
 /** Starts counting what a socket receives; `closed` resolves when it closes. */
-export function receiveFrom(socket: Socket): ProducerResult {
+export function receiveFrom(socket: Socket, options: { readBytesPerSecond?: number } = {}): ProducerResult {
   const received = new ReceivedBytes();
-  socket.on("data", (chunk: Buffer) => received.add(chunk));
+  if (options.readBytesPerSecond) throttle(socket, received, options.readBytesPerSecond);
+  else socket.on("data", (chunk: Buffer) => received.add(chunk));
   socket.on("error", () => {});
   const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()));
   return { received, closed };

@@ -1,0 +1,332 @@
+/**
+ * The tunnel through the compiled wssmig-server and wssmig-client, with real TLS and real unix
+ * sockets. A UnixSink stands in for the destination QEMU and a node:net socket for the source
+ * QEMU, so every byte can be counted and hashed; test/migration-*.test.ts use real QEMU.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, statSync, existsSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { connectUnix, receiveFrom, sha256Of, UnixSink, writeKeystream } from "./helpers/bytes.ts";
+import { makeCertSet, makeExpiredClientSet, makeForeignCaSet, makeServerSetWithoutSan, type TestCertSet } from "./helpers/certs.ts";
+import { stopAll, type RoleProcess } from "./helpers/processes.ts";
+import { spawnClient, startServer, startTunnel } from "./helpers/tunnel.ts";
+
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+
+let dir: string;
+let good: TestCertSet;
+let foreign: TestCertSet;
+let expiredClient: TestCertSet;
+let serverWithoutLoopbackIp: TestCertSet;
+let counter = 0;
+const cleanups: (() => Promise<void> | void)[] = [];
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "wssmig-tunnel-"));
+  good = await makeCertSet(join(dir, "good"));
+  foreign = await makeForeignCaSet(join(dir, "foreign"), good);
+  expiredClient = await makeExpiredClientSet(join(dir, "expired-client"), good);
+  serverWithoutLoopbackIp = await makeServerSetWithoutSan(join(dir, "no-ip-san"), good, "127.0.0.1");
+});
+
+afterEach(async () => {
+  for (const cleanUp of cleanups.splice(0).reverse()) await cleanUp();
+});
+
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** Fresh socket paths, a sink on the destination socket and (optionally) a running tunnel. */
+async function setUp(options: { sinkReplyBytes?: number; sinkReadBytesPerSecond?: number; serverArgs?: string[] } = {}) {
+  const id = counter++;
+  const destinationSocket = join(dir, `dest-${id}.sock`);
+  const sourceSocket = join(dir, `src-${id}.sock`);
+  const sink = await UnixSink.listen(destinationSocket, { replyBytes: options.sinkReplyBytes, readBytesPerSecond: options.sinkReadBytesPerSecond });
+  cleanups.push(() => sink.close());
+  return { destinationSocket, sourceSocket, sink };
+}
+
+async function setUpTunnel(options: Parameters<typeof setUp>[0] = {}) {
+  const sockets = await setUp(options);
+  const tunnel = await startTunnel({ serverCerts: good.dir, destinationSocket: sockets.destinationSocket, sourceSocket: sockets.sourceSocket, serverArgs: options.serverArgs });
+  cleanups.push(() => tunnel.stop());
+  return { ...sockets, tunnel };
+}
+
+/** The last line a role wrote to stderr. */
+function lastLine(role: RoleProcess): string {
+  return role.lines.filter((line) => line.trim() !== "").at(-1) ?? "";
+}
+
+describe("data path", () => {
+  test("1 GiB source to destination and 256 MiB back at the same time arrive byte-exact", async () => {
+    const { sourceSocket, sink, tunnel } = await setUpTunnel({ sinkReplyBytes: 256 * MiB });
+    const source = await connectUnix(sourceSocket);
+    const fromDestination = receiveFrom(source);
+    await writeKeystream(source, "up", GiB);
+    await fromDestination.received.waitFor(256 * MiB);
+    source.end();
+    await sink.waitForConnections(1);
+    await sink.connections[0]!.closed;
+
+    expect(sink.connections).toHaveLength(1);
+    expect(sink.connections[0]!.received.bytes).toBe(GiB);
+    expect(sink.connections[0]!.received.digest()).toBe(sha256Of("up", GiB));
+    expect(fromDestination.received.bytes).toBe(256 * MiB);
+    expect(fromDestination.received.digest()).toBe(sha256Of("reply-0", 256 * MiB));
+    await tunnel.client.waitForLine(/stream closed .*sentMiB=1024 receivedMiB=256 /);
+    await tunnel.server.waitForLine(/stream closed .*sentMiB=256 receivedMiB=1024 /);
+  });
+
+  test("a slow destination slows the source down; nothing is lost and memory stays bounded", async () => {
+    const size = 256 * MiB;
+    const { sourceSocket, sink, tunnel } = await setUpTunnel({ sinkReadBytesPerSecond: 48 * MiB });
+    const source = await connectUnix(sourceSocket);
+    const startedAt = performance.now();
+    await writeKeystream(source, "slow-up", size);
+    const writeSeconds = (performance.now() - startedAt) / 1000;
+    source.end();
+    await sink.waitForConnections(1);
+    await sink.connections[0]!.closed;
+
+    expect(sink.connections[0]!.received.bytes).toBe(size);
+    expect(sink.connections[0]!.received.digest()).toBe(sha256Of("slow-up", size));
+    // The writer could only finish once all but the buffered tail had been read at 48 MiB/s.
+    expect(writeSeconds).toBeGreaterThan((size - 64 * MiB) / (48 * MiB));
+    expect(tunnel.client.peakRssMiB()).toBeLessThan(150);
+    expect(tunnel.server.peakRssMiB()).toBeLessThan(150);
+  });
+
+  test("a slow source reader slows the destination down; nothing is lost and memory stays bounded", async () => {
+    const size = 256 * MiB;
+    const { sourceSocket, sink, tunnel } = await setUpTunnel({ sinkReplyBytes: size });
+    const source = await connectUnix(sourceSocket);
+    const fromDestination = receiveFrom(source, { readBytesPerSecond: 48 * MiB });
+    await fromDestination.received.waitFor(size);
+    source.end();
+    await sink.connections[0]!.closed;
+
+    expect(fromDestination.received.bytes).toBe(size);
+    expect(fromDestination.received.digest()).toBe(sha256Of("reply-0", size));
+    expect(tunnel.client.peakRssMiB()).toBeLessThan(150);
+    expect(tunnel.server.peakRssMiB()).toBeLessThan(150);
+  });
+
+  test("four concurrent streams arrive byte-exact and are accepted in the order the source connected", async () => {
+    const size = 64 * MiB;
+    const { sourceSocket, sink } = await setUpTunnel();
+    const sources = [];
+    for (let index = 0; index < 4; index++) sources.push(await connectUnix(sourceSocket));
+    await Promise.all(sources.map(async (source, index) => {
+      await writeKeystream(source, `stream-${index}`, size);
+      source.end();
+    }));
+    await sink.waitForConnections(4);
+    await Promise.all(sink.connections.map((connection) => connection.closed));
+
+    // Connection k at the destination must carry what the source's k-th connection sent.
+    const digests = sink.connections.map((connection) => connection.received.digest());
+    expect(digests).toEqual([0, 1, 2, 3].map((index) => sha256Of(`stream-${index}`, size)));
+  });
+});
+
+describe("refusals", () => {
+  /** Starts a server with `serverCerts`; returns it, its URL and the sink behind it. */
+  async function serverOnly(serverCerts: string) {
+    const { destinationSocket, sourceSocket, sink } = await setUp();
+    const { server, port } = await startServer({ serverCerts, destinationSocket });
+    cleanups.push(() => stopAll([server]));
+    return { server, port, url: `wss://127.0.0.1:${port}`, sink, sourceSocket };
+  }
+
+  async function expectClientRefused(url: string, certs: string, expected: string, env: Record<string, string> = {}) {
+    const sourceSocket = join(dir, `src-${counter++}.sock`);
+    const client = spawnClient(url, certs, sourceSocket, [], env);
+    cleanups.push(() => stopAll([client]));
+    expect(await client.exitCode()).toBe(3);
+    expect(lastLine(client)).toBe(`wssmig-client: error: ${expected}`);
+    expect(existsSync(sourceSocket)).toBe(false);
+  }
+
+  test("a client certificate from another CA", async () => {
+    const { url, sink, server } = await serverOnly(good.dir);
+    await expectClientRefused(url, foreign.dir,
+      `the server refused our client certificate ${foreign.clientCert} (Connection ended); it must be signed by the CA the server trusts, valid now, and made for clientAuth: check it with wssmig-gencerts check --role client`);
+    expect(sink.connections).toHaveLength(0);
+    expect(server.stderr).not.toContain("stream opened");
+  });
+
+  test("a server certificate from another CA, also with NODE_TLS_REJECT_UNAUTHORIZED=0", async () => {
+    const { url, sink } = await serverOnly(foreign.dir);
+    const expected = `the server certificate is not signed by the CA in ${good.ca} (TLS handshake failed: unable to verify the first certificate); use the ca.pem that wssmig-gencerts made together with the server's certificate`;
+    await expectClientRefused(url, good.dir, expected);
+    await expectClientRefused(url, good.dir, expected, { NODE_TLS_REJECT_UNAUTHORIZED: "0" });
+    expect(sink.connections).toHaveLength(0);
+  });
+
+  test("a server certificate that does not name the host the client dials", async () => {
+    const { url, sink } = await serverOnly(serverWithoutLoopbackIp.dir);
+    await expectClientRefused(url, good.dir,
+      `the server certificate does not name "127.0.0.1" (TLS handshake failed: Hostname/IP does not match certificate's altnames); dial a name it lists or pass --server-name, or make a new server certificate with wssmig-gencerts --san 127.0.0.1`);
+    expect(sink.connections).toHaveLength(0);
+  });
+
+  /** Opens a WebSocket with our own TLS options (to present what wssmig-client never would). */
+  function rawWebSocket(url: string, tls: Record<string, unknown>, headers: Record<string, string> = {}) {
+    const ws = new WebSocket(url, { tls: { ca: Bun.file(good.ca), rejectUnauthorized: true, ...tls }, headers });
+    const events: string[] = [];
+    const closed = new Promise<{ code: number; reason: string }>((resolve) => {
+      ws.onerror = (event) => events.push(`error: ${(event as ErrorEvent).message}`);
+      ws.onopen = () => events.push("open");
+      ws.onclose = (event) => resolve({ code: event.code, reason: event.reason });
+    });
+    return { ws, events, closed };
+  }
+
+  const STREAM_HEADERS = { "x-wssmig-session": "0123456789abcdef", "x-wssmig-stream": "0" };
+
+  test("a client with no certificate, or an expired one, never reaches the destination socket", async () => {
+    const { port, sink, server } = await serverOnly(good.dir);
+    const url = `wss://127.0.0.1:${port}/wssmig/v1/stream`;
+    const noCertificate = rawWebSocket(url, {}, STREAM_HEADERS);
+    expect((await noCertificate.closed).code).toBe(1006);
+    expect(noCertificate.events).toEqual([
+      `error: WebSocket connection to '${url}' failed: TLS handshake failed: error:1000045c:SSL routines:OPENSSL_internal:TLSV1_ALERT_CERTIFICATE_REQUIRED`,
+    ]);
+    const expired = rawWebSocket(url, { cert: Bun.file(expiredClient.clientCert), key: Bun.file(expiredClient.clientKey) }, STREAM_HEADERS);
+    expect((await expired.closed).code).toBe(1006);
+    expect(expired.events).toEqual([`error: WebSocket connection to '${url}' failed: Connection ended`]);
+    expect(sink.connections).toHaveLength(0);
+    expect(server.stderr).not.toContain("stream opened");
+  });
+
+  test("plain HTTPS, unknown paths and missing headers get a refusal; a text frame closes the stream with 1003", async () => {
+    const { port, sink } = await serverOnly(good.dir);
+    const tls = { ca: Bun.file(good.ca), cert: Bun.file(good.clientCert), key: Bun.file(good.clientKey), rejectUnauthorized: true };
+    const plain = await fetch(`https://127.0.0.1:${port}/wssmig/v1/stream`, { tls });
+    expect(plain.status).toBe(426);
+    expect(await plain.text()).toBe("wssmig-server: this endpoint takes a WebSocket upgrade; use wssmig-client\n");
+    const unknown = await fetch(`https://127.0.0.1:${port}/admin`, { tls });
+    expect(unknown.status).toBe(404);
+
+    const noHeaders = rawWebSocket(`wss://127.0.0.1:${port}/wssmig/v1/stream`, { cert: tls.cert, key: tls.key });
+    expect(await noHeaders.closed).toEqual({ code: 4002, reason: "missing or malformed session/stream headers; streams come from wssmig-client" });
+    expect(sink.connections).toHaveLength(0);
+
+    const textFrame = rawWebSocket(`wss://127.0.0.1:${port}/wssmig/v1/stream`, { cert: tls.cert, key: tls.key }, STREAM_HEADERS);
+    textFrame.ws.onopen = () => textFrame.ws.send("hello");
+    expect(await textFrame.closed).toEqual({ code: 1003, reason: "text frames are not part of the wssmig protocol" });
+    await sink.waitForConnections(1);
+    await sink.connections[0]!.closed;
+    expect(sink.totalBytes).toBe(0);
+  });
+
+  test("TLS 1.1 is refused and TLS 1.3 is negotiated", async () => {
+    const { port } = await serverOnly(good.dir);
+    const openssl = (args: string[]) =>
+      Bun.spawnSync(["openssl", "s_client", "-connect", `127.0.0.1:${port}`, "-CAfile", good.ca, "-cert", good.clientCert, "-key", good.clientKey, ...args], { stdin: new TextEncoder().encode("") });
+    const old = openssl(["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]);
+    expect(old.exitCode).not.toBe(0);
+    expect(old.stdout.toString()).toContain("Cipher is (NONE)");
+    const modern = openssl(["-brief"]);
+    expect(modern.stderr.toString()).toContain("Protocol version: TLSv1.3");
+    expect(modern.stderr.toString()).toContain("Verification: OK");
+  });
+});
+
+describe("failures and shutdown", () => {
+  test("the client's socket is 0600 and SIGTERM removes it", async () => {
+    const { sourceSocket, tunnel } = await setUpTunnel();
+    expect(statSync(sourceSocket).mode & 0o777).toBe(0o600);
+    tunnel.client.kill("SIGTERM");
+    expect(await tunnel.client.exitCode()).toBe(0);
+    expect(existsSync(sourceSocket)).toBe(false);
+  });
+
+  test("a stale socket file is replaced; a file that is not a socket is refused", async () => {
+    const { destinationSocket, sourceSocket } = await setUp();
+    const { server, port } = await startServer({ serverCerts: good.dir, destinationSocket });
+    cleanups.push(() => stopAll([server]));
+    writeFileSync(sourceSocket, "not a socket");
+    const refused = spawnClient(`wss://127.0.0.1:${port}`, good.dir, sourceSocket);
+    expect(await refused.exitCode()).toBe(3);
+    expect(lastLine(refused)).toBe(`wssmig-client: error: ${sourceSocket} exists and is not a unix socket; remove it or choose another --socket`);
+    rmSync(sourceSocket);
+
+    const killed = spawnClient(`wss://127.0.0.1:${port}`, good.dir, sourceSocket);
+    await killed.waitForLine(/listening on/);
+    killed.kill("SIGKILL");
+    await killed.exited;
+    expect(existsSync(sourceSocket)).toBe(true); // left behind by the killed client
+    const next = spawnClient(`wss://127.0.0.1:${port}`, good.dir, sourceSocket);
+    cleanups.push(() => stopAll([next]));
+    await next.waitForLine(/listening on/);
+    const source = await connectUnix(sourceSocket);
+    source.end();
+  });
+
+  test("no destination listening: the stream is refused with the reason and the source leg closed", async () => {
+    const destinationSocket = join(dir, `absent-${counter}.sock`);
+    const sourceSocket = join(dir, `src-${counter++}.sock`);
+    const tunnel = await startTunnel({ serverCerts: good.dir, destinationSocket, sourceSocket, serverArgs: ["--wait-for-destination", "1"] });
+    cleanups.push(() => tunnel.stop());
+    const source = await connectUnix(sourceSocket);
+    const { closed } = receiveFrom(source);
+    await closed;
+    await tunnel.server.waitForLine(new RegExp(`waiting for the destination QEMU to listen on ${destinationSocket}`));
+    const line = await tunnel.client.waitForLine(/the server closed the stream/);
+    expect(line).toContain(`the server closed the stream: no destination QEMU listens on ${destinationSocket}; run wssmig-receive first`);
+  });
+
+  test("client killed mid-stream: the server closes the destination leg and goes on serving", async () => {
+    const { sourceSocket, destinationSocket, sink, tunnel } = await setUpTunnel();
+    const socketsBefore = tunnel.server.openSocketCount();
+    const source = await connectUnix(sourceSocket);
+    const writing = writeKeystream(source, "doomed", 4 * GiB).catch(() => {});
+    await sink.waitForConnections(1);
+    await sink.connections[0]!.received.waitFor(64 * MiB);
+    tunnel.client.kill("SIGKILL");
+    await sink.connections[0]!.closed;
+    await writing;
+    expect(sink.connections[0]!.received.bytes).toBeLessThan(4 * GiB);
+    await tunnel.server.waitForLine(/stream closed .*reason=.*tunnel closed \(1006/);
+
+    // The same server carries a new client's stream intact.
+    const secondSocket = join(dir, `src-${counter++}.sock`);
+    const client = spawnClient(`wss://127.0.0.1:${tunnel.port}`, good.dir, secondSocket);
+    cleanups.push(() => stopAll([client]));
+    await client.waitForLine(/listening on/);
+    const second = await connectUnix(secondSocket);
+    await writeKeystream(second, "after", 16 * MiB);
+    second.end();
+    await sink.waitForConnections(2);
+    await sink.connections[1]!.closed;
+    expect(sink.connections[1]!.received.digest()).toBe(sha256Of("after", 16 * MiB));
+    await tunnel.server.waitForLine(/stream closed .*receivedMiB=16 /);
+    expect(tunnel.server.openSocketCount()).toBe(socketsBefore);
+    void destinationSocket;
+  });
+
+  test("server killed mid-stream: the client closes the source leg and goes on listening", async () => {
+    const { sourceSocket, sink, tunnel } = await setUpTunnel();
+    const socketsBefore = tunnel.client.openSocketCount();
+    const source = await connectUnix(sourceSocket);
+    const { closed } = receiveFrom(source);
+    const writing = writeKeystream(source, "doomed", 4 * GiB).catch(() => {});
+    await sink.waitForConnections(1);
+    await sink.connections[0]!.received.waitFor(64 * MiB);
+    tunnel.server.kill("SIGKILL");
+    await closed;
+    await writing;
+    await tunnel.client.waitForLine(/stream closed .*reason=.*tunnel closed \(1006/);
+    expect(tunnel.client.running).toBe(true);
+    expect(tunnel.client.openSocketCount()).toBe(socketsBefore);
+
+    // A new stream now fails with the reason instead of hanging.
+    const next = await connectUnix(sourceSocket);
+    await receiveFrom(next).closed;
+    const line = await tunnel.client.waitForLine(/stream refused/);
+    expect(line).toContain(`nothing accepts connections at ${tunnel.url}`);
+  });
+});
