@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Prepares a Debian machine to build, test and demo wssmig: system packages (as root, with
+# apt-get; otherwise it says what to install), the npm dependencies (Bun among them), and the
+# compiled binaries in dist/. Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v as >/dev/null && command -v ld >/dev/null || missing+=(binutils)
+command -v ip >/dev/null && command -v tc >/dev/null || missing+=(iproute2)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "setup: missing ${missing[*]}; install them (e.g. sudo apt-get install ${missing[*]}) and run again" >&2
+    exit 1
+  fi
+fi
+
+# npm ci only when the lock file changed since the last install (it wipes node_modules).
+if [ ! -x node_modules/.bin/bun ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund
+fi
+bash scripts/build.sh
