@@ -6,6 +6,7 @@ import { loadCredentials } from "./lib/credentials.ts";
 import { DEFAULT_CERTS_DIR, DEFAULT_OUTGOING_SOCKET } from "./lib/defaults.ts";
 import { ExitCode, WssmigError } from "./lib/errors.ts";
 import { onTerminationSignal } from "./lib/shutdown.ts";
+import { KEEPALIVE_MISSES_ALLOWED } from "./lib/keepalive.ts";
 import { startTunnelClient } from "./lib/tunnel-client.ts";
 
 const NAME = "wssmig-client";
@@ -16,6 +17,7 @@ interface ClientOptions extends LogOptions {
   socket: string;
   serverName?: string;
   openTimeout: number;
+  keepalive: number;
   progressInterval: number;
 }
 
@@ -38,6 +40,7 @@ const program = createProgram(NAME, "Source end of the wssmig tunnel: verifies w
   .option("--socket <path>", "unix socket to offer the source QEMU (wssmig-send --socket)", DEFAULT_OUTGOING_SOCKET)
   .option("--server-name <name>", "name the server certificate must carry, when it differs from the host in --server")
   .addOption(new Option("--open-timeout <seconds>", "how long opening one stream may take").argParser(secondsOption(1, 3600)).default(90))
+  .addOption(new Option("--keepalive <seconds>", `seconds between pings; the server counts as gone after ${KEEPALIVE_MISSES_ALLOWED} unanswered`).argParser(secondsOption(1, 300)).default(5))
   .addOption(new Option("--progress-interval <seconds>", "seconds between per-stream progress log lines; 0 turns them off").argParser(secondsOption(0, 3600)).default(5));
 
 async function main(): Promise<number> {
@@ -51,6 +54,7 @@ async function main(): Promise<number> {
     credentials,
     listenSocket: options.socket,
     openTimeoutSeconds: options.openTimeout,
+    keepaliveSeconds: options.keepalive,
     progressIntervalSeconds: options.progressInterval,
     log,
   });

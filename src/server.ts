@@ -6,6 +6,7 @@ import { loadCredentials } from "./lib/credentials.ts";
 import { DEFAULT_CERTS_DIR, DEFAULT_HOST, DEFAULT_INCOMING_SOCKET, DEFAULT_PORT } from "./lib/defaults.ts";
 import { ExitCode, WssmigError, describeError } from "./lib/errors.ts";
 import { onTerminationSignal } from "./lib/shutdown.ts";
+import { KEEPALIVE_MISSES_ALLOWED, serverIdleTimeoutSeconds } from "./lib/keepalive.ts";
 import { startTunnelServer } from "./lib/tunnel-server.ts";
 
 const NAME = "wssmig-server";
@@ -16,7 +17,8 @@ interface ServerOptions extends LogOptions {
   certs: string;
   socket: string;
   waitForDestination: number;
-  idleTimeout: number;
+  keepalive: number;
+  maxStreams: number;
   progressInterval: number;
 }
 
@@ -26,7 +28,8 @@ const program = createProgram(NAME, "Destination end of the wssmig tunnel: accep
   .option("--certs <dir>", "directory with ca.pem, server-cert.pem and server-key.pem", DEFAULT_CERTS_DIR)
   .option("--socket <path>", "unix socket the destination QEMU listens on (wssmig-receive --socket)", DEFAULT_INCOMING_SOCKET)
   .addOption(new Option("--wait-for-destination <seconds>", "how long a stream waits for the destination QEMU to listen").argParser(secondsOption(0, 3600)).default(60))
-  .addOption(new Option("--idle-timeout <seconds>", "close a WebSocket after this long without traffic or pong (pings are sent before)").argParser(integerOption(8, 960)).default(120))
+  .addOption(new Option("--keepalive <seconds>", `keepalive interval; a stream silent for ${KEEPALIVE_MISSES_ALLOWED} intervals (at least 8 s) is closed as dead`).argParser(secondsOption(1, 300)).default(5))
+  .addOption(new Option("--max-streams <n>", "most streams open at once (multifd uses channels + 1)").argParser(integerOption(1, 1024)).default(64))
   .addOption(new Option("--progress-interval <seconds>", "seconds between per-stream progress log lines; 0 turns them off").argParser(secondsOption(0, 3600)).default(5));
 
 async function main(): Promise<number> {
@@ -42,7 +45,8 @@ async function main(): Promise<number> {
       credentials,
       destinationSocket: options.socket,
       destinationWaitSeconds: options.waitForDestination,
-      idleTimeoutSeconds: options.idleTimeout,
+      idleTimeoutSeconds: serverIdleTimeoutSeconds(options.keepalive),
+      maxStreams: options.maxStreams,
       progressIntervalSeconds: options.progressInterval,
       maxMessageBytes: 16 * 1024 * 1024,
       log,

@@ -222,6 +222,24 @@ describe("refusals", () => {
     expect(sink.totalBytes).toBe(0);
   });
 
+  test("while one migration streams, another session's stream is refused with 4009 and the first goes on intact", async () => {
+    const size = 256 * MiB;
+    const { sourceSocket, sink, tunnel } = await setUpTunnel();
+    const source = await connectUnix(sourceSocket);
+    const writing = writeKeystream(source, "first", size);
+    await sink.waitForConnections(1);
+    await sink.connections[0]!.received.waitFor(16 * MiB);
+
+    const intruder = rawWebSocket(`wss://127.0.0.1:${tunnel.port}/wssmig/v1/stream`,
+      { cert: Bun.file(good.clientCert), key: Bun.file(good.clientKey) }, { "x-wssmig-session": "another-session-0001", "x-wssmig-stream": "0" });
+    expect(await intruder.closed).toEqual({ code: 4009, reason: `another migration (session ${(await tunnel.client.waitForLine(/stream opened/)).match(/stream=(\w+)\//)![1]}) is using ${sink.path}; wait for it to end` });
+    await writing;
+    source.end();
+    await sink.connections[0]!.closed;
+    expect(sink.connections).toHaveLength(1);
+    expect(sink.connections[0]!.received.digest()).toBe(sha256Of("first", size));
+  });
+
   test("TLS 1.1 is refused and TLS 1.3 is negotiated", async () => {
     const { port } = await serverOnly(good.dir);
     const openssl = (args: string[]) =>

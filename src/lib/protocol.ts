@@ -31,6 +31,10 @@ export const CloseCode = {
   BadRequest: 4002,
   /** The keepalive saw no answer from the peer. */
   PeerUnresponsive: 4003,
+  /** The server already carries as many streams as it allows. */
+  TooManyStreams: 4008,
+  /** Another migration (session) is using the destination socket. */
+  SessionConflict: 4009,
 } as const;
 
 /** Limits WebSocket close reasons to the 123 bytes RFC 6455 allows. */

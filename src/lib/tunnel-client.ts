@@ -13,6 +13,7 @@ import { StreamPipe } from "./pipe.ts";
 import { CloseCode, PROBE_PATH, STREAM_PATH, streamHeaders, type StreamTag } from "./protocol.ts";
 import { clientTlsOptions, explainConnectFailure, type ConnectContext } from "./tls.ts";
 import { listenPrivateUnixSocket, removeSocketFile } from "./unix-socket.ts";
+import { watchPeer } from "./keepalive.ts";
 
 export interface TunnelClientConfig {
   /** wss://HOST:PORT of wssmig-server. */
@@ -24,6 +25,8 @@ export interface TunnelClientConfig {
   listenSocket: string;
   /** How long opening one WebSocket may take (the server may wait for the destination QEMU). */
   openTimeoutSeconds: number;
+  /** Seconds between keepalive pings; the server is declared gone after KEEPALIVE_MISSES_ALLOWED of them unanswered. */
+  keepaliveSeconds: number;
   progressIntervalSeconds: number;
   log: Logger;
 }
@@ -169,8 +172,18 @@ export async function startTunnelClient(config: TunnelClientConfig): Promise<Tun
     });
     pipes.add(pipe);
     leg.pipe = pipe;
-    ws.onmessage = (event) => pipe.onChannelMessage(new Uint8Array(event.data as ArrayBuffer));
+    const peer = watchPeer(ws, config.keepaliveSeconds, (silentSeconds) => {
+      const reason = `no answer from wssmig-server for ${silentSeconds.toFixed(1)} s (link down or server stuck)`;
+      log.error({ stream: leg.label }, `closing the stream: ${reason}`);
+      pipe.fail(CloseCode.PeerUnresponsive, reason);
+      ws.terminate(); // a dead link never completes the close handshake
+    });
+    ws.onmessage = (event) => {
+      peer.heard();
+      pipe.onChannelMessage(new Uint8Array(event.data as ArrayBuffer));
+    };
     ws.onclose = (event) => {
+      peer.stop();
       if (event.code !== CloseCode.Normal && event.code !== CloseCode.GoingAway) {
         log.error({ stream: leg.label, code: event.code }, `the server closed the stream: ${event.reason || "connection lost"}`);
       }

@@ -28,6 +28,8 @@ export interface TunnelServerConfig {
   progressIntervalSeconds: number;
   /** The largest WebSocket message accepted from a client. */
   maxMessageBytes: number;
+  /** The most streams open (or connecting) at once. */
+  maxStreams: number;
   log: Logger;
 }
 
@@ -78,41 +80,86 @@ function legClosed(leg: DestinationLeg, error?: Error): void {
   else leg.closedEarly = true;
 }
 
+/**
+ * One migration at a time per destination socket: streams carry their session, and while
+ * streams of one session are open (or connecting), another session's are refused. Also caps
+ * the number of streams.
+ */
+class StreamAdmission {
+  private activeSession: string | null = null;
+  private streams = 0;
+  constructor(private readonly maxStreams: number, private readonly destinationSocket: string) {}
+
+  /** Takes a place for the stream, or returns the refusal. */
+  admit(session: string): { code: number; reason: string } | null {
+    if (this.activeSession !== null && this.activeSession !== session) {
+      return {
+        code: CloseCode.SessionConflict,
+        reason: `another migration (session ${this.activeSession.slice(0, 8)}) is using ${this.destinationSocket}; wait for it to end`,
+      };
+    }
+    if (this.streams >= this.maxStreams) {
+      return { code: CloseCode.TooManyStreams, reason: `the server already carries ${this.maxStreams} streams (--max-streams)` };
+    }
+    this.activeSession = session;
+    this.streams++;
+    return null;
+  }
+
+  release(): void {
+    this.streams--;
+    if (this.streams === 0) this.activeSession = null;
+  }
+}
+
 export function startTunnelServer(config: TunnelServerConfig): TunnelServer {
   const { log } = config;
   const pipes = new Set<StreamPipe>();
+  const admission = new StreamAdmission(config.maxStreams, config.destinationSocket);
 
   function refuse(request: Request, server: Server<WebSocketData>, status: number, reason: string): Response {
     log.warn({ remote: server.requestIP(request)?.address, path: new URL(request.url).pathname, status }, `refused: ${reason}`);
     return new Response(`wssmig-server: ${reason}\n`, { status, headers: { "content-type": "text/plain" } });
   }
 
+  /** Upgrades only to close at once with a reason the client can read. */
+  function refuseStream(request: Request, server: Server<WebSocketData>, label: string, code: number, reason: string): Response | undefined {
+    log.warn({ stream: label, remote: server.requestIP(request)?.address, code }, `refused: ${reason}`);
+    const data: WebSocketData = { kind: "refused", code, reason };
+    return server.upgrade(request, { data }) ? undefined : refuse(request, server, 400, reason);
+  }
+
   async function upgradeStream(request: Request, server: Server<WebSocketData>, tag: StreamTag): Promise<Response | undefined> {
     const label = `${tag.session.slice(0, 8)}/${tag.sequence}`;
+    const refusal = admission.admit(tag.session);
+    if (refusal) return refuseStream(request, server, label, refusal.code, refusal.reason);
+    const socket = await connectDestination(request, label);
+    if (!socket) {
+      admission.release();
+      const reason = `no destination QEMU listens on ${config.destinationSocket}; run wssmig-receive first`;
+      return refuseStream(request, server, label, CloseCode.DestinationUnavailable, reason);
+    }
+    // From here the place is released when the stream's pipe closes.
+    if (server.upgrade(request, { data: { kind: "stream", tag, socket } })) return undefined;
+    admission.release();
+    socket.end();
+    return refuse(request, server, 400, "the WebSocket upgrade failed");
+  }
+
+  /** A new connection to the destination QEMU, waiting for it to listen; null when it never did. */
+  async function connectDestination(request: Request, label: string): Promise<Socket<DestinationLeg> | null> {
     const leg: DestinationLeg = { label, pipe: null, earlyChunks: [], closedEarly: false };
-    let socket: Socket<DestinationLeg> | null;
     try {
-      socket = await connectWhenListening(config.destinationSocket, leg, destinationHandlers, {
+      return await connectWhenListening(config.destinationSocket, leg, destinationHandlers, {
         timeoutMs: config.destinationWaitSeconds * 1000,
         onWaiting: () =>
           log.info({ stream: label, socket: config.destinationSocket }, `waiting for the destination QEMU to listen on ${config.destinationSocket}`),
         isCancelled: () => request.signal.aborted,
       });
     } catch (error) {
-      socket = null;
       log.error({ stream: label, socket: config.destinationSocket }, `cannot connect to ${config.destinationSocket}: ${describeError(error)}`);
+      return null;
     }
-    if (!socket) log.error({ stream: label }, `stream refused: no destination QEMU listens on ${config.destinationSocket}`);
-    const data: WebSocketData = socket
-      ? { kind: "stream", tag, socket }
-      : {
-          kind: "refused",
-          code: CloseCode.DestinationUnavailable,
-          reason: `no destination QEMU listens on ${config.destinationSocket}; run wssmig-receive first`,
-        };
-    if (server.upgrade(request, { data })) return undefined;
-    socket?.end();
-    return refuse(request, server, 400, "the WebSocket upgrade failed");
   }
 
   const server = Bun.serve<WebSocketData>({
@@ -131,12 +178,7 @@ export function startTunnelServer(config: TunnelServerConfig): TunnelServer {
         return server.upgrade(request, { data: { kind: "probe" } }) ? undefined : refuse(request, server, 400, "the WebSocket upgrade failed");
       }
       const tag = parseStreamTag(request.headers);
-      if (!tag) {
-        const reason = "missing or malformed session/stream headers; streams come from wssmig-client";
-        log.warn({ remote: server.requestIP(request)?.address }, `refused: ${reason}`);
-        const data: WebSocketData = { kind: "refused", code: CloseCode.BadRequest, reason };
-        return server.upgrade(request, { data }) ? undefined : refuse(request, server, 400, reason);
-      }
+      if (!tag) return refuseStream(request, server, "-", CloseCode.BadRequest, "missing or malformed session/stream headers; streams come from wssmig-client");
       return upgradeStream(request, server, tag);
     },
     websocket: {
@@ -185,7 +227,10 @@ export function startTunnelServer(config: TunnelServerConfig): TunnelServer {
       label: leg.label,
       log,
       progressIntervalSeconds: config.progressIntervalSeconds,
-      onClosed: () => pipes.delete(pipe),
+      onClosed: () => {
+        pipes.delete(pipe);
+        admission.release();
+      },
     });
     pipes.add(pipe);
     leg.pipe = pipe;
