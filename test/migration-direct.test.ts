@@ -11,8 +11,8 @@ import type { Socket } from "bun";
 import { LineSplitter, QmpClient, QmpError } from "../src/lib/qmp.ts";
 import { likelyFailureCause, parseByteRate } from "../src/lib/migration.ts";
 import { formatProgressLine } from "../src/lib/progress.ts";
-import { buildGuestKernel, GUEST_COUNTER_OFFSET } from "./fixtures/guest/build.ts";
-import { cleanupAllVms, FIRMWARE_SHADOW, readUint32At, sha256File, startVm, waitUntil, writeUint32At, type Vm } from "./helpers/qemu.ts";
+import { GUEST_COUNTER_OFFSET } from "./fixtures/guest/build.ts";
+import { cleanupAllVms, FIRMWARE_SHADOW, readUint32At, sha256File, startVm, startVmPair, waitUntil, type Vm } from "./helpers/qemu.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const GIB_MIB = 1024;
@@ -77,18 +77,7 @@ interface Pair {
 }
 
 async function startPair(options: { memoryMiB: number; liveGuest?: boolean }): Promise<Pair> {
-  const kernel = options.liveGuest ? buildGuestKernel() : undefined;
-  const destination = await startVm({ name: "dst", memoryMiB: options.memoryMiB, incoming: true, kernel });
-  const source = await startVm({ name: "src", memoryMiB: options.memoryMiB, randomFill: true, kernel });
-  if (options.liveGuest) {
-    // The random fill put noise where the counter lives: zero it, so that a moving counter
-    // proves the guest kernel (not the firmware) runs.
-    writeUint32At(source.ramPath, GUEST_COUNTER_OFFSET, 0);
-    await source.qmp("cont");
-    // SeaBIOS takes a few seconds before it jumps to the kernel.
-    await waitUntil("the guest counter to move on the source", () => readUint32At(source.ramPath, GUEST_COUNTER_OFFSET) > 2);
-  }
-  return { source, destination, socket: join(freshWorkDir(), "migration.sock") };
+  return { ...(await startVmPair(options)), socket: join(freshWorkDir(), "migration.sock") };
 }
 
 /** Starts wssmig-receive and waits until the destination QEMU listens. */

@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { QmpClient } from "../../src/lib/qmp.ts";
+import { buildGuestKernel, GUEST_COUNTER_OFFSET } from "../fixtures/guest/build.ts";
 
 export interface VmOptions {
   /** Short name, part of the file names (unique per test run thanks to a prefix). */
@@ -71,8 +72,8 @@ export async function startVm(options: VmOptions): Promise<Vm> {
     "-machine", "q35,memory-backend=ram",
     "-m", `${options.memoryMiB}M`,
     "-nodefaults", "-display", "none", "-S",
-    // kvmvapic's option ROM makes QEMU itself patch guest RAM when a migrated VM is loaded;
-    // without it, a completed migration leaves source and destination RAM byte-identical.
+    // kvmvapic lets QEMU itself patch guest RAM (its option ROM, on load after migration);
+    // off, so that the RAM files hold only what the guest and the migration wrote.
     "-global", "apic-common.vapic=off",
     "-accel", kvmUsable() ? "kvm" : "tcg",
     "-object", backend.join(","),
@@ -238,4 +239,28 @@ export async function waitUntil(what: string, check: () => Promise<boolean> | bo
     await Bun.sleep(100);
   }
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+}
+
+export interface VmPair {
+  source: Vm;
+  destination: Vm;
+}
+
+/**
+ * A source VM with random RAM and a destination waiting with -incoming defer, same size and
+ * options. With liveGuest, both get the counter-writing kernel and the source runs it.
+ */
+export async function startVmPair(options: { memoryMiB: number; liveGuest?: boolean }): Promise<VmPair> {
+  const kernel = options.liveGuest ? buildGuestKernel() : undefined;
+  const destination = await startVm({ name: "dst", memoryMiB: options.memoryMiB, incoming: true, kernel });
+  const source = await startVm({ name: "src", memoryMiB: options.memoryMiB, randomFill: true, kernel });
+  if (options.liveGuest) {
+    // The random fill put noise where the counter lives: zero it, so that a moving counter
+    // proves the guest kernel (not the firmware) runs.
+    writeUint32At(source.ramPath, GUEST_COUNTER_OFFSET, 0);
+    await source.qmp("cont");
+    // SeaBIOS takes a few seconds before it jumps to the kernel.
+    await waitUntil("the guest counter to move on the source", () => readUint32At(source.ramPath, GUEST_COUNTER_OFFSET) > 2);
+  }
+  return { source, destination };
 }
