@@ -61,6 +61,8 @@ export class StreamPipe {
   /** The channel closed but backlog bytes still have to reach the unix socket. */
   private endSocketAfterFlush = false;
   private closeReasonText: string | null = null;
+  /** False once a leg failed or the tunnel closed with anything but a normal code. */
+  private endedNormally = true;
   private bytesToTunnel = 0;
   private bytesFromTunnel = 0;
   private readonly startedAt = performance.now();
@@ -162,7 +164,7 @@ export class StreamPipe {
     this.socketOpen = false;
     this.endSocketAfterFlush = false;
     this.socketBacklog.length = 0;
-    if (error) this.recordReason(`unix socket failed: ${error.message}`);
+    if (error) this.recordAbnormalReason(`unix socket failed: ${error.message}`);
     else this.recordReason("the QEMU side closed the connection");
     this.closeChannel(error ? CloseCode.LegFailed : CloseCode.Normal, this.closeReasonText!);
     this.finishIfDone();
@@ -172,7 +174,9 @@ export class StreamPipe {
   onChannelClosed(code: number, reason: string): void {
     if (!this.channelOpen) return;
     this.channelOpen = false;
-    this.recordReason(`tunnel closed (${code}${reason ? ": " + reason : ""})`);
+    const text = `tunnel closed (${code}${reason ? ": " + reason : ""})`;
+    if (code === CloseCode.Normal || code === CloseCode.GoingAway) this.recordReason(text);
+    else this.recordAbnormalReason(text);
     if (this.socketOpen) {
       this.socketOpen = false;
       if (this.flushSocketBacklog()) this.socket.end();
@@ -183,7 +187,8 @@ export class StreamPipe {
 
   /** Closes both legs at once, e.g. on shutdown or a protocol error. */
   fail(code: number, reason: string): void {
-    this.recordReason(reason);
+    if (code === CloseCode.GoingAway) this.recordReason(reason);
+    else this.recordAbnormalReason(reason);
     this.closeChannel(code, reason);
     if (this.socketOpen || this.endSocketAfterFlush) {
       this.socketOpen = false;
@@ -206,6 +211,11 @@ export class StreamPipe {
     this.closeReasonText ??= reason;
   }
 
+  private recordAbnormalReason(reason: string): void {
+    if (this.closeReasonText === null) this.endedNormally = false;
+    this.recordReason(reason);
+  }
+
   private finished = false;
   private finishIfDone(): void {
     if (this.finished || !this.closed) return;
@@ -218,7 +228,8 @@ export class StreamPipe {
       reason: this.closeReasonText ?? "closed",
     };
     const totalMiB = (summary.bytesToTunnel + summary.bytesFromTunnel) / MiB;
-    this.options.log.info(
+    const level = this.endedNormally ? "info" : "warn";
+    this.options.log[level](
       {
         stream: this.options.label,
         sentMiB: round(summary.bytesToTunnel / MiB),

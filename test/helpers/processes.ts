@@ -27,8 +27,9 @@ export class RoleProcess {
     void this.collect(process.stdout, (line) => (this.stdout += line + "\n"));
   }
 
-  static spawn(role: string, args: string[], env: Record<string, string | undefined> = {}): RoleProcess {
-    const child = Bun.spawn([binaryPath(role), ...args], {
+  /** `prefix` wraps the command, e.g. ["ip", "netns", "exec", NAME] to run it on a test host. */
+  static spawn(role: string, args: string[], env: Record<string, string | undefined> = {}, prefix: string[] = []): RoleProcess {
+    const child = Bun.spawn([...prefix, binaryPath(role), ...args], {
       stdin: "ignore",
       stdout: "pipe",
       stderr: "pipe",

@@ -16,6 +16,11 @@ export interface TunnelOptions {
   /** Host name the client dials (default 127.0.0.1). */
   dialHost?: string;
   clientEnv?: Record<string, string | undefined>;
+  /** Address the server listens on (default 127.0.0.1). */
+  serverHost?: string;
+  /** Command prefixes that run each end elsewhere (a network namespace). */
+  serverPrefix?: string[];
+  clientPrefix?: string[];
 }
 
 export interface Tunnel {
@@ -26,26 +31,28 @@ export interface Tunnel {
   stop(): Promise<void>;
 }
 
-export async function startServer(options: Pick<TunnelOptions, "serverCerts" | "destinationSocket" | "serverArgs">): Promise<{ server: RoleProcess; port: number }> {
+export async function startServer(
+  options: Pick<TunnelOptions, "serverCerts" | "destinationSocket" | "serverArgs" | "serverHost" | "serverPrefix">,
+): Promise<{ server: RoleProcess; port: number }> {
   const server = RoleProcess.spawn("server", [
-    "--host", "127.0.0.1", "--port", "0",
+    "--host", options.serverHost ?? "127.0.0.1", "--port", "0",
     "--certs", options.serverCerts,
     "--socket", options.destinationSocket,
     ...(options.serverArgs ?? []),
-  ]);
+  ], {}, options.serverPrefix);
   const line = await server.waitForLine(/listening on wss:\/\//);
   const port = Number(/:(\d+)\/wssmig/.exec(line)![1]);
   return { server, port };
 }
 
-export function spawnClient(url: string, certs: string, socket: string, args: string[] = [], env: Record<string, string | undefined> = {}): RoleProcess {
-  return RoleProcess.spawn("client", ["--server", url, "--certs", certs, "--socket", socket, ...args], env);
+export function spawnClient(url: string, certs: string, socket: string, args: string[] = [], env: Record<string, string | undefined> = {}, prefix: string[] = []): RoleProcess {
+  return RoleProcess.spawn("client", ["--server", url, "--certs", certs, "--socket", socket, ...args], env, prefix);
 }
 
 export async function startTunnel(options: TunnelOptions): Promise<Tunnel> {
   const { server, port } = await startServer(options);
   const url = `wss://${options.dialHost ?? "127.0.0.1"}:${port}`;
-  const client = spawnClient(url, options.clientCerts ?? options.serverCerts, options.sourceSocket, options.clientArgs, options.clientEnv);
+  const client = spawnClient(url, options.clientCerts ?? options.serverCerts, options.sourceSocket, options.clientArgs, options.clientEnv, options.clientPrefix);
   try {
     await client.waitForLine(/listening on .* for the source QEMU/);
   } catch (error) {
