@@ -4,7 +4,7 @@
  * QEMU, so every byte can be counted and hashed; test/migration-*.test.ts use real QEMU.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, statSync, existsSync, writeFileSync } from "node:fs";
+import { chownSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connectUnix, receiveFrom, sha256Of, UnixSink, writeKeystream } from "./helpers/bytes.ts";
@@ -238,6 +238,17 @@ describe("refusals", () => {
     await sink.connections[0]!.closed;
     expect(sink.connections).toHaveLength(1);
     expect(sink.connections[0]!.received.digest()).toBe(sha256Of("first", size));
+  });
+
+  test.skipIf(process.getuid?.() !== 0)("a destination socket owned by another user gets no stream", async () => {
+    const { sourceSocket, sink, tunnel } = await setUpTunnel();
+    chownSync(sink.path, 65534, 65534);
+    const source = await connectUnix(sourceSocket);
+    source.write("secret VM memory");
+    await receiveFrom(source).closed;
+    const line = await tunnel.client.waitForLine(/the server closed the stream/);
+    expect(line).toContain(`the server closed the stream: ${sink.path} belongs to uid 65534, not to this user (uid 0); refusing to send VM memory`);
+    expect(sink.connections).toHaveLength(0);
   });
 
   test("TLS 1.1 is refused and TLS 1.3 is negotiated", async () => {

@@ -3,12 +3,13 @@
  * QEMUs must agree on, following `query-migrate` to an outcome, and turning QEMU's failures
  * into sentences with a likely cause.
  */
-import { lstatSync, unlinkSync } from "node:fs";
+import { lstatSync } from "node:fs";
 import { InvalidArgumentError } from "commander";
 import { ExitCode, WssmigError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import { MigrationProgress, type ProgressMode } from "./progress.ts";
 import { QmpError, withQmp, type QmpClient } from "./qmp.ts";
+import { prepareListenPath } from "./unix-socket.ts";
 
 /** Options that must be the same on both sides: QEMU checks the capabilities match. */
 export interface MigrationFeatures {
@@ -376,7 +377,8 @@ export async function receiveMigration(config: ReceiveConfig): Promise<number> {
   const { logger } = config;
   return await withQmp(config.qmpPath, async (qmp) => {
     await checkDestinationReady(qmp, config.qmpPath);
-    await removeStaleSocket(config.socketPath);
+    // A socket file left by an earlier run would make QEMU's bind fail.
+    await prepareListenPath(config.socketPath);
     await applyMigrationFeatures(qmp, config);
     const uri = `unix:${config.socketPath}`;
     try {
@@ -426,21 +428,3 @@ async function checkDestinationReady(qmp: QmpClient, qmpPath: string): Promise<v
   }
 }
 
-/** A socket file left by an earlier run makes QEMU's bind fail; a live one means a clash. */
-async function removeStaleSocket(path: string): Promise<void> {
-  let isSocket = false;
-  try {
-    isSocket = lstatSync(path).isSocket();
-  } catch {
-    return; // nothing there
-  }
-  if (!isSocket) throw new WssmigError(`${path} exists and is not a socket; pass another --socket path`, ExitCode.Config);
-  try {
-    const probe = await Bun.connect({ unix: path, socket: { data() {} } });
-    probe.end();
-  } catch {
-    unlinkSync(path); // nobody listens: left over from an earlier run
-    return;
-  }
-  throw new WssmigError(`something already listens on ${path} (another destination QEMU?); stop it or pass another --socket path`, ExitCode.Config);
-}

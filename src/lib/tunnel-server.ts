@@ -7,7 +7,7 @@
 import type { Server, ServerWebSocket, Socket, SocketHandler } from "bun";
 import { serverChannel, SERVER_BACKPRESSURE_LIMIT } from "./channels.ts";
 import type { Credentials } from "./credentials.ts";
-import { describeError } from "./errors.ts";
+import { WssmigError, describeError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import { StreamPipe } from "./pipe.ts";
 import { CloseCode, closeReason, PROBE_PATH, STREAM_PATH, parseStreamTag, type StreamTag } from "./protocol.ts";
@@ -133,12 +133,12 @@ export function startTunnelServer(config: TunnelServerConfig): TunnelServer {
     const label = `${tag.session.slice(0, 8)}/${tag.sequence}`;
     const refusal = admission.admit(tag.session);
     if (refusal) return refuseStream(request, server, label, refusal.code, refusal.reason);
-    const socket = await connectDestination(request, label);
-    if (!socket) {
+    const connected = await connectDestination(request, label);
+    if (typeof connected === "string") {
       admission.release();
-      const reason = `no destination QEMU listens on ${config.destinationSocket}; run wssmig-receive first`;
-      return refuseStream(request, server, label, CloseCode.DestinationUnavailable, reason);
+      return refuseStream(request, server, label, CloseCode.DestinationUnavailable, connected);
     }
+    const socket = connected;
     // From here the place is released when the stream's pipe closes.
     if (server.upgrade(request, { data: { kind: "stream", tag, socket } })) return undefined;
     admission.release();
@@ -146,19 +146,19 @@ export function startTunnelServer(config: TunnelServerConfig): TunnelServer {
     return refuse(request, server, 400, "the WebSocket upgrade failed");
   }
 
-  /** A new connection to the destination QEMU, waiting for it to listen; null when it never did. */
-  async function connectDestination(request: Request, label: string): Promise<Socket<DestinationLeg> | null> {
+  /** A new connection to the destination QEMU, waiting for it to listen; or why there is none. */
+  async function connectDestination(request: Request, label: string): Promise<Socket<DestinationLeg> | string> {
     const leg: DestinationLeg = { label, pipe: null, earlyChunks: [], closedEarly: false };
     try {
-      return await connectWhenListening(config.destinationSocket, leg, destinationHandlers, {
+      const socket = await connectWhenListening(config.destinationSocket, leg, destinationHandlers, {
         timeoutMs: config.destinationWaitSeconds * 1000,
         onWaiting: () =>
           log.info({ stream: label, socket: config.destinationSocket }, `waiting for the destination QEMU to listen on ${config.destinationSocket}`),
         isCancelled: () => request.signal.aborted,
       });
+      return socket ?? `no destination QEMU listens on ${config.destinationSocket}; run wssmig-receive first`;
     } catch (error) {
-      log.error({ stream: label, socket: config.destinationSocket }, `cannot connect to ${config.destinationSocket}: ${describeError(error)}`);
-      return null;
+      return error instanceof WssmigError ? error.message : `cannot connect to ${config.destinationSocket}: ${describeError(error)}`;
     }
   }
 

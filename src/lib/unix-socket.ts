@@ -2,12 +2,29 @@
  * Unix-socket chores shared by the roles: a private listening socket (0600 from the start,
  * stale files cleared), and connecting to a socket that may not exist yet.
  */
-import { chmodSync, lstatSync, unlinkSync } from "node:fs";
+import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
+import { dirname } from "node:path";
 import type { Socket, SocketHandler, UnixSocketListener } from "bun";
 import { ExitCode, WssmigError, describeError } from "./errors.ts";
 
-/** Why a path cannot be listened on, or null when it is free (a stale socket file is removed). */
-async function clearListenPath(path: string): Promise<void> {
+/** Creates the socket's directory, readable by this user only, when it does not exist yet. */
+function ensureSocketDirectory(path: string): void {
+  const directory = dirname(path);
+  if (existsSync(directory)) return;
+  try {
+    mkdirSync(directory, { recursive: true, mode: 0o700 });
+  } catch (error) {
+    throw new WssmigError(`cannot create ${directory} for ${path}: ${describeError(error)}; create it or choose another --socket`, ExitCode.Config);
+  }
+}
+
+/**
+ * Makes `path` ready for a new listening socket: creates its directory, removes a socket file
+ * that nobody listens on (left by a process that died), and refuses a path in use or a file
+ * that is not a socket.
+ */
+export async function prepareListenPath(path: string): Promise<void> {
+  ensureSocketDirectory(path);
   let isSocket: boolean;
   try {
     isSocket = lstatSync(path).isSocket();
@@ -32,7 +49,7 @@ export async function listenPrivateUnixSocket<Data>(
   path: string,
   handlers: SocketHandler<Data>,
 ): Promise<UnixSocketListener<Data>> {
-  await clearListenPath(path);
+  await prepareListenPath(path);
   const previousUmask = process.umask(0o177);
   try {
     const listener = Bun.listen<Data>({ unix: path, socket: handlers });
@@ -50,6 +67,23 @@ export function removeSocketFile(path: string): void {
     if (lstatSync(path).isSocket()) unlinkSync(path);
   } catch {
     // already gone
+  }
+}
+
+/**
+ * Refuses a socket that belongs to another (non-root) user: wssmig-server would otherwise hand
+ * the VM's memory to whoever managed to put a socket at the path first.
+ */
+export function assertOwnSocket(path: string): void {
+  let owner: number;
+  try {
+    owner = lstatSync(path).uid;
+  } catch {
+    return; // not there (yet)
+  }
+  const me = process.getuid?.() ?? 0;
+  if (owner !== me && owner !== 0) {
+    throw new WssmigError(`${path} belongs to uid ${owner}, not to this user (uid ${me}); refusing to send VM memory into another user's socket: check who created it, or choose another --socket`, ExitCode.Config);
   }
 }
 
@@ -72,6 +106,7 @@ export async function connectWhenListening<Data>(
   const deadline = performance.now() + options.timeoutMs;
   let reportedWaiting = false;
   for (;;) {
+    assertOwnSocket(path);
     try {
       return await Bun.connect<Data>({ unix: path, data, socket: handlers });
     } catch (error) {
