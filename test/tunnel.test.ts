@@ -75,6 +75,7 @@ describe("data path", () => {
     expect(sink.connections[0]!.received.digest()).toBe(sha256Of("up", GiB));
     expect(fromDestination.received.bytes).toBe(256 * MiB);
     expect(fromDestination.received.digest()).toBe(sha256Of("reply-0", 256 * MiB));
+    console.log(`1 GiB + 256 MiB: peak RSS client ${tunnel.client.peakRssMiB().toFixed(0)} MiB, server ${tunnel.server.peakRssMiB().toFixed(0)} MiB`);
     await tunnel.client.waitForLine(/stream closed .*sentMiB=1024 receivedMiB=256 /);
     await tunnel.server.waitForLine(/stream closed .*sentMiB=256 receivedMiB=1024 /);
   });
@@ -94,6 +95,7 @@ describe("data path", () => {
     expect(sink.connections[0]!.received.digest()).toBe(sha256Of("slow-up", size));
     // The writer could only finish once all but the buffered tail had been read at 48 MiB/s.
     expect(writeSeconds).toBeGreaterThan((size - 64 * MiB) / (48 * MiB));
+    console.log(`slow destination: peak RSS client ${tunnel.client.peakRssMiB().toFixed(0)} MiB, server ${tunnel.server.peakRssMiB().toFixed(0)} MiB`);
     expect(tunnel.client.peakRssMiB()).toBeLessThan(150);
     expect(tunnel.server.peakRssMiB()).toBeLessThan(150);
   });
@@ -109,6 +111,7 @@ describe("data path", () => {
 
     expect(fromDestination.received.bytes).toBe(size);
     expect(fromDestination.received.digest()).toBe(sha256Of("reply-0", size));
+    console.log(`slow source reader: peak RSS client ${tunnel.client.peakRssMiB().toFixed(0)} MiB, server ${tunnel.server.peakRssMiB().toFixed(0)} MiB`);
     expect(tunnel.client.peakRssMiB()).toBeLessThan(150);
     expect(tunnel.server.peakRssMiB()).toBeLessThan(150);
   });
