@@ -82,6 +82,12 @@ describe("hostile input", () => {
       const stalled = Array.from({ length: 100 }, () => rawTcp(tunnel.port, Buffer.from("16030100c8010000c40303", "hex")));
       const randomBytes = Array.from({ length: 50 }, () => rawTcp(tunnel.port, Buffer.from(crypto.getRandomValues(new Uint8Array(2048)))));
 
+      const validTls = { ...(await credentialsOf(good)), rejectUnauthorized: true };
+      const unknownPaths = inBatches(200, 20, async () => {
+        const response = await fetch(`https://127.0.0.1:${tunnel.port}/admin`, { tls: validTls });
+        expect(response.status).toBe(404);
+      });
+
       const kinds = [await credentialsOf(good, false), await credentialsOf(foreign), await credentialsOf(expired)];
       const opened = await inBatches(1000, 25, (index) => badHandshake(tunnel.port, kinds[index % kinds.length]!));
       const closedAt = await Promise.all([...stalled, ...randomBytes]);
@@ -97,6 +103,10 @@ describe("hostile input", () => {
       expect(Math.max(...closedAt) - startedAt).toBeLessThan(15_000);
       expect(tunnel.server.peakRssMiB()).toBeLessThan(150);
       expect(tunnel.server.running).toBe(true);
+      // 200 requests for a path we do not serve: one line at once, one summary line later.
+      await unknownPaths;
+      await tunnel.server.waitForLine(/refused 199 more: no such path/, 15_000);
+      expect(tunnel.server.lines.filter((line) => line.includes("no such path"))).toHaveLength(2);
     } finally {
       await tunnel.stop();
       await sink.close();

@@ -11,9 +11,13 @@ import { WssmigError, describeError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import { StreamPipe } from "./pipe.ts";
 import { CloseCode, closeReason, PROBE_PATH, STREAM_PATH, parseStreamTag, type StreamTag } from "./protocol.ts";
+import { RefusalLog } from "./refusal-log.ts";
 import { serverTlsOptions } from "./tls.ts";
 import { connectWhenListening } from "./unix-socket.ts";
 import { VERSION } from "./cli.ts";
+
+/** Bun's HTTP idle timeout; seen to close stalled handshakes after about 12 s. */
+const HANDSHAKE_TIMEOUT_SECONDS = 10;
 
 export interface TunnelServerConfig {
   host: string;
@@ -116,15 +120,16 @@ export function startTunnelServer(config: TunnelServerConfig): TunnelServer {
   const { log } = config;
   const pipes = new Set<StreamPipe>();
   const admission = new StreamAdmission(config.maxStreams, config.destinationSocket);
+  const refusals = new RefusalLog(log);
 
   function refuse(request: Request, server: Server<WebSocketData>, status: number, reason: string): Response {
-    log.warn({ remote: server.requestIP(request)?.address, path: new URL(request.url).pathname, status }, `refused: ${reason}`);
+    refusals.refused(reason, { remote: server.requestIP(request)?.address, path: new URL(request.url).pathname, status });
     return new Response(`wssmig-server: ${reason}\n`, { status, headers: { "content-type": "text/plain" } });
   }
 
   /** Upgrades only to close at once with a reason the client can read. */
   function refuseStream(request: Request, server: Server<WebSocketData>, label: string, code: number, reason: string): Response | undefined {
-    log.warn({ stream: label, remote: server.requestIP(request)?.address, code }, `refused: ${reason}`);
+    refusals.refused(reason, { stream: label, remote: server.requestIP(request)?.address, code });
     const data: WebSocketData = { kind: "refused", code, reason };
     return server.upgrade(request, { data }) ? undefined : refuse(request, server, 400, reason);
   }
@@ -166,6 +171,8 @@ export function startTunnelServer(config: TunnelServerConfig): TunnelServer {
     hostname: config.host,
     port: config.port,
     tls: serverTlsOptions(config.credentials),
+    // Closes connections idle before a request, e.g. TLS handshakes that stall halfway.
+    idleTimeout: HANDSHAKE_TIMEOUT_SECONDS,
     async fetch(request, server) {
       const path = new URL(request.url).pathname;
       if (path !== STREAM_PATH && path !== PROBE_PATH) {
@@ -198,7 +205,7 @@ export function startTunnelServer(config: TunnelServerConfig): TunnelServer {
         const pipe = pipeOf(ws);
         if (!pipe) return;
         if (typeof message === "string") {
-          log.warn({ stream: ws.data.kind === "stream" ? ws.data.socket.data.label : "probe" }, "refused: text frame");
+          refusals.refused("text frame", { stream: ws.data.kind === "stream" ? ws.data.socket.data.label : "probe" });
           pipe.fail(CloseCode.UnsupportedData, "text frames are not part of the wssmig protocol");
           return;
         }
