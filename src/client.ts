@@ -5,7 +5,7 @@ import { createProgram, loggerFor, runMain, secondsOption, type LogOptions } fro
 import { loadCredentials } from "./lib/credentials.ts";
 import { DEFAULT_CERTS_DIR, DEFAULT_OUTGOING_SOCKET } from "./lib/defaults.ts";
 import { ExitCode, WssmigError } from "./lib/errors.ts";
-import { onTerminationSignal } from "./lib/shutdown.ts";
+import { terminationSignal } from "./lib/shutdown.ts";
 import { KEEPALIVE_MISSES_ALLOWED } from "./lib/keepalive.ts";
 import { startTunnelClient } from "./lib/tunnel-client.ts";
 
@@ -45,6 +45,7 @@ const program = createProgram(NAME, "Source end of the wssmig tunnel: verifies w
 
 async function main(): Promise<number> {
   const options = program.parse().opts<ClientOptions>();
+  const stopSignal = terminationSignal();
   const log = loggerFor(NAME, options);
   const credentials = await loadCredentials(options.certs, "client");
   for (const warning of credentials.warnings) log.warn(warning);
@@ -58,7 +59,8 @@ async function main(): Promise<number> {
     progressIntervalSeconds: options.progressInterval,
     log,
   });
-  const signal = await onTerminationSignal((signal) => client.stop(`wssmig-client stopped by ${signal}`));
+  const signal = await stopSignal;
+  await client.stop(`wssmig-client stopped by ${signal}`);
   log.info(`stopped by ${signal}`);
   return ExitCode.Ok;
 }

@@ -3,6 +3,7 @@
  * -incoming defer) to accept the migration on the unix socket wssmig-server forwards into,
  * then follows it: exit 0 when the VM arrived, non-zero with QEMU's error otherwise.
  */
+import { terminationSignal } from "./lib/shutdown.ts";
 import { createProgram, integerOption, loggerFor, runMain, secondsOption, type LogOptions } from "./lib/cli.ts";
 import { DEFAULT_INCOMING_SOCKET } from "./lib/defaults.ts";
 import { receiveMigration } from "./lib/migration.ts";
@@ -27,9 +28,7 @@ const program = createProgram(NAME, "Receive a migrating QEMU VM (destination si
 runMain(NAME, async () => {
   const options = program.parse().opts<ReceiveOptions>();
   const logger = loggerFor(NAME, options);
-  const interrupted = new Promise<string>((resolve) => {
-    for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => resolve(signal));
-  });
+  const interrupted = terminationSignal();
   return await receiveMigration({
     qmpPath: options.qmp,
     socketPath: options.socket,

@@ -3,6 +3,7 @@
  * wssmig-client offers, shows progress, and ends with the outcome (exit 0 only on completed).
  */
 import { Option } from "commander";
+import { terminationSignal } from "./lib/shutdown.ts";
 import { createProgram, integerOption, loggerFor, runMain, secondsOption, type LogOptions } from "./lib/cli.ts";
 import { DEFAULT_OUTGOING_SOCKET } from "./lib/defaults.ts";
 import { parseByteRate, sendMigration } from "./lib/migration.ts";
@@ -40,9 +41,7 @@ const program = createProgram(NAME, "Migrate a running QEMU VM (source side) int
 runMain(NAME, async () => {
   const options = program.parse().opts<SendOptions>();
   const logger = loggerFor(NAME, options);
-  const interrupted = new Promise<string>((resolve) => {
-    for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => resolve(signal));
-  });
+  const interrupted = terminationSignal();
   return await sendMigration({
     qmpPath: options.qmp,
     socketPath: options.socket,

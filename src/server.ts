@@ -5,7 +5,7 @@ import { createProgram, integerOption, loggerFor, runMain, secondsOption, type L
 import { loadCredentials } from "./lib/credentials.ts";
 import { DEFAULT_CERTS_DIR, DEFAULT_HOST, DEFAULT_INCOMING_SOCKET, DEFAULT_PORT } from "./lib/defaults.ts";
 import { ExitCode, WssmigError, describeError } from "./lib/errors.ts";
-import { onTerminationSignal } from "./lib/shutdown.ts";
+import { terminationSignal } from "./lib/shutdown.ts";
 import { KEEPALIVE_MISSES_ALLOWED, serverIdleTimeoutSeconds } from "./lib/keepalive.ts";
 import { startTunnelServer } from "./lib/tunnel-server.ts";
 
@@ -34,6 +34,7 @@ const program = createProgram(NAME, "Destination end of the wssmig tunnel: accep
 
 async function main(): Promise<number> {
   const options = program.parse().opts<ServerOptions>();
+  const stopSignal = terminationSignal();
   const log = loggerFor(NAME, options);
   const credentials = await loadCredentials(options.certs, "server");
   for (const warning of credentials.warnings) log.warn(warning);
@@ -58,7 +59,8 @@ async function main(): Promise<number> {
     }
     throw new WssmigError(`cannot listen on ${options.host}:${options.port}: ${text}`, ExitCode.Config);
   }
-  const signal = await onTerminationSignal((signal) => server.stop(`wssmig-server stopped by ${signal}`));
+  const signal = await stopSignal;
+  await server.stop(`wssmig-server stopped by ${signal}`);
   log.info(`stopped by ${signal}`);
   return ExitCode.Ok;
 }

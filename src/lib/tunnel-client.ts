@@ -4,7 +4,7 @@
  * over a WebSocket of its own. Streams are opened strictly one after another, in the order
  * QEMU connected, so the destination sees the same order (see protocol.ts).
  */
-import type { Socket, SocketHandler, UnixSocketListener } from "bun";
+import type { Socket, UnixSocketListener } from "bun";
 import { clientChannel } from "./channels.ts";
 import type { Credentials } from "./credentials.ts";
 import { ExitCode, WssmigError } from "./errors.ts";
@@ -14,6 +14,7 @@ import { CloseCode, PROBE_PATH, STREAM_PATH, streamHeaders, type StreamTag } fro
 import { clientTlsOptions, explainConnectFailure, type ConnectContext } from "./tls.ts";
 import { listenPrivateUnixSocket, removeSocketFile } from "./unix-socket.ts";
 import { watchPeer } from "./keepalive.ts";
+import { attachPipe, newUnixLeg, unixLegHandlers, type UnixLeg } from "./unix-leg.ts";
 
 export interface TunnelClientConfig {
   /** wss://HOST:PORT of wssmig-server. */
@@ -41,36 +42,6 @@ class OpenFailure extends Error {
   constructor(readonly detail: string, readonly closeCode?: number) {
     super(detail);
   }
-}
-
-/** Per source QEMU connection. */
-interface SourceLeg {
-  label: string;
-  pipe: StreamPipe | null;
-  closedBeforeOpen: boolean;
-}
-
-const sourceHandlers: SocketHandler<SourceLeg> = {
-  data(socket, chunk) {
-    socket.data.pipe?.onSocketData(chunk);
-  },
-  drain(socket) {
-    socket.data.pipe?.onSocketDrain();
-  },
-  end(socket) {
-    legClosed(socket.data);
-  },
-  close(socket, error) {
-    legClosed(socket.data, error);
-  },
-  error(socket, error) {
-    legClosed(socket.data, error);
-  },
-};
-
-function legClosed(leg: SourceLeg, error?: Error): void {
-  if (leg.pipe) leg.pipe.onSocketClosed(error);
-  else leg.closedBeforeOpen = true;
 }
 
 function webSocketUrl(serverUrl: string, path: string): string {
@@ -148,7 +119,7 @@ export async function startTunnelClient(config: TunnelClientConfig): Promise<Tun
   let previousOpen: Promise<void> = Promise.resolve();
   let stopping = false;
 
-  async function openStream(socket: Socket<SourceLeg>, tag: StreamTag): Promise<void> {
+  async function openStream(socket: Socket<UnixLeg>, tag: StreamTag): Promise<void> {
     const leg = socket.data;
     let ws: WebSocket;
     try {
@@ -171,7 +142,6 @@ export async function startTunnelClient(config: TunnelClientConfig): Promise<Tun
       onClosed: () => pipes.delete(pipe),
     });
     pipes.add(pipe);
-    leg.pipe = pipe;
     const peer = watchPeer(ws, config.keepaliveSeconds, (silentSeconds) => {
       const reason = `no answer from wssmig-server for ${silentSeconds.toFixed(1)} s (link down or server stuck)`;
       log.error({ stream: leg.label }, `closing the stream: ${reason}`);
@@ -190,17 +160,17 @@ export async function startTunnelClient(config: TunnelClientConfig): Promise<Tun
       pipe.onChannelClosed(event.code, event.reason);
     };
     log.info({ stream: leg.label }, "stream opened");
-    if (leg.closedBeforeOpen) pipe.onSocketClosed();
-    else socket.resume();
+    attachPipe(socket, pipe);
+    if (!pipe.closed) socket.resume();
   }
 
-  const listener: UnixSocketListener<SourceLeg> = await listenPrivateUnixSocket<SourceLeg>(config.listenSocket, {
-    ...sourceHandlers,
+  const listener: UnixSocketListener<UnixLeg> = await listenPrivateUnixSocket<UnixLeg>(config.listenSocket, {
+    ...unixLegHandlers,
     open(socket) {
       // Hold QEMU's bytes until the stream's WebSocket is open.
       socket.pause();
       const tag = { session, sequence: nextSequence++ };
-      socket.data = { label: `${session.slice(0, 8)}/${tag.sequence}`, pipe: null, closedBeforeOpen: false };
+      socket.data = newUnixLeg(`${session.slice(0, 8)}/${tag.sequence}`);
       log.info({ stream: socket.data.label }, "source QEMU connected");
       previousOpen = previousOpen.then(() => openStream(socket, tag));
     },

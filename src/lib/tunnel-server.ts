@@ -4,7 +4,7 @@
  * socket. A stream is upgraded only once that connection exists, which is what lets the client
  * keep the source's connection order (see protocol.ts).
  */
-import type { Server, ServerWebSocket, Socket, SocketHandler } from "bun";
+import type { Server, ServerWebSocket, Socket } from "bun";
 import { serverChannel, SERVER_BACKPRESSURE_LIMIT } from "./channels.ts";
 import type { Credentials } from "./credentials.ts";
 import { WssmigError, describeError } from "./errors.ts";
@@ -14,6 +14,7 @@ import { CloseCode, closeReason, PROBE_PATH, STREAM_PATH, parseStreamTag, type S
 import { RefusalLog } from "./refusal-log.ts";
 import { serverTlsOptions } from "./tls.ts";
 import { connectWhenListening } from "./unix-socket.ts";
+import { attachPipe, newUnixLeg, unixLegHandlers, type UnixLeg } from "./unix-leg.ts";
 import { VERSION } from "./cli.ts";
 
 /** Bun's HTTP idle timeout; seen to close stalled handshakes after about 12 s. */
@@ -43,46 +44,12 @@ export interface TunnelServer {
   stop(reason: string): Promise<void>;
 }
 
-/** Per unix connection to the destination QEMU. */
-interface DestinationLeg {
-  label: string;
-  pipe: StreamPipe | null;
-  /** Bytes QEMU sent before the WebSocket opened. */
-  earlyChunks: Uint8Array[];
-  closedEarly: boolean;
-}
-
 type WebSocketData =
   | { kind: "probe" }
-  | { kind: "stream"; tag: StreamTag; socket: Socket<DestinationLeg> }
+  | { kind: "stream"; tag: StreamTag; socket: Socket<UnixLeg> }
   /** Refusals decided before the upgrade travel as a close code and reason the client can
    *  read; a plain HTTP error reaches a WebSocket client only as "Expected 101 status code". */
   | { kind: "refused"; code: number; reason: string };
-
-const destinationHandlers: SocketHandler<DestinationLeg> = {
-  data(socket, chunk) {
-    const leg = socket.data;
-    if (leg.pipe) leg.pipe.onSocketData(chunk);
-    else leg.earlyChunks.push(chunk.slice());
-  },
-  drain(socket) {
-    socket.data.pipe?.onSocketDrain();
-  },
-  end(socket) {
-    legClosed(socket.data);
-  },
-  close(socket, error) {
-    legClosed(socket.data, error);
-  },
-  error(socket, error) {
-    legClosed(socket.data, error);
-  },
-};
-
-function legClosed(leg: DestinationLeg, error?: Error): void {
-  if (leg.pipe) leg.pipe.onSocketClosed(error);
-  else leg.closedEarly = true;
-}
 
 /**
  * One migration at a time per destination socket: streams carry their session, and while
@@ -152,10 +119,9 @@ export function startTunnelServer(config: TunnelServerConfig): TunnelServer {
   }
 
   /** A new connection to the destination QEMU, waiting for it to listen; or why there is none. */
-  async function connectDestination(request: Request, label: string): Promise<Socket<DestinationLeg> | string> {
-    const leg: DestinationLeg = { label, pipe: null, earlyChunks: [], closedEarly: false };
+  async function connectDestination(request: Request, label: string): Promise<Socket<UnixLeg> | string> {
     try {
-      const socket = await connectWhenListening(config.destinationSocket, leg, destinationHandlers, {
+      const socket = await connectWhenListening(config.destinationSocket, newUnixLeg(label), unixLegHandlers, {
         timeoutMs: config.destinationWaitSeconds * 1000,
         onWaiting: () =>
           log.info({ stream: label, socket: config.destinationSocket }, `waiting for the destination QEMU to listen on ${config.destinationSocket}`),
@@ -228,7 +194,7 @@ export function startTunnelServer(config: TunnelServerConfig): TunnelServer {
     return ws.data.kind === "stream" ? ws.data.socket.data.pipe : null;
   }
 
-  function openStream(ws: ServerWebSocket<WebSocketData>, socket: Socket<DestinationLeg>): void {
+  function openStream(ws: ServerWebSocket<WebSocketData>, socket: Socket<UnixLeg>): void {
     const leg = socket.data;
     const pipe = new StreamPipe(socket, serverChannel(ws), {
       label: leg.label,
@@ -240,11 +206,8 @@ export function startTunnelServer(config: TunnelServerConfig): TunnelServer {
       },
     });
     pipes.add(pipe);
-    leg.pipe = pipe;
     log.info({ stream: leg.label, remote: ws.remoteAddress, socket: config.destinationSocket }, "stream opened");
-    for (const chunk of leg.earlyChunks) pipe.onSocketData(chunk);
-    leg.earlyChunks.length = 0;
-    if (leg.closedEarly) pipe.onSocketClosed();
+    attachPipe(socket, pipe);
   }
 
   log.info({ host: config.host, port: server.port, destination: config.destinationSocket }, `listening on wss://${config.host}:${server.port}${STREAM_PATH}`);
