@@ -6,7 +6,8 @@ import { existsSync, readFileSync, readdirSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 
-export const DIST = join(import.meta.dir, "..", "..", "dist");
+/** WSSMIG_TEST_DIST points the tests at a copy of the binaries, e.g. one that a concurrent build cannot replace mid-run. */
+export const DIST = process.env.WSSMIG_TEST_DIST || join(import.meta.dir, "..", "..", "dist");
 
 export function binaryPath(role: string): string {
   const path = join(DIST, `wssmig-${role}`);

@@ -32,10 +32,13 @@ export interface Tunnel {
 }
 
 export async function startServer(
-  options: Pick<TunnelOptions, "serverCerts" | "destinationSocket" | "serverArgs" | "serverHost" | "serverPrefix">,
+  options: Pick<TunnelOptions, "serverCerts" | "destinationSocket" | "serverArgs" | "serverHost" | "serverPrefix"> & {
+    /** TCP port (default 0: any free port), e.g. to restart a server where its clients dial. */
+    port?: number;
+  },
 ): Promise<{ server: RoleProcess; port: number }> {
   const server = RoleProcess.spawn("server", [
-    "--host", options.serverHost ?? "127.0.0.1", "--port", "0",
+    "--host", options.serverHost ?? "127.0.0.1", "--port", String(options.port ?? 0),
     "--certs", options.serverCerts,
     "--socket", options.destinationSocket,
     ...(options.serverArgs ?? []),
