@@ -12,6 +12,8 @@ command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v as >/dev/null && command -v ld >/dev/null || missing+=(binutils)
 command -v ip >/dev/null && command -v tc >/dev/null || missing+=(iproute2)
+# The lossy-link test emulates netem with a small python3 forwarder where the kernel lacks netem.
+command -v python3 >/dev/null || missing+=(python3)
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
