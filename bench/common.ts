@@ -178,3 +178,16 @@ export function numberOptions(argv: string[], defaults: Record<string, number>):
   }
   return options;
 }
+
+/**
+ * Runs `cleanup` when the bench is interrupted (Ctrl-C, SIGTERM), where `finally` blocks would
+ * not run: no QEMU, tunnel process, RAM file or socket outlives the bench.
+ */
+export function cleanUpOnSignal(cleanup: () => Promise<void>): void {
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.once(signal, () => {
+      console.error(`\n${signal}: cleaning up`);
+      void cleanup().finally(() => process.exit(130));
+    });
+  }
+}

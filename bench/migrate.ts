@@ -17,6 +17,7 @@ import { cleanupAllVms, sha256File, startVm, waitUntil, type Vm } from "../test/
 import { startTunnel } from "../test/helpers/tunnel.ts";
 import {
   barChartSvg,
+  cleanUpOnSignal,
   CpuMeter,
   describeMachine,
   fixed,
@@ -154,6 +155,9 @@ async function runQemuDriven(transport: Transport, source: Vm, destination: Vm, 
   return cpu;
 }
 
+/** The wssmig processes of the current run, for the signal handler. */
+let activeRoles: RoleProcess[] = [];
+
 /** wssmig: server, client, receive and send, all compiled binaries, as a user runs them. */
 async function runWssmig(transport: Transport, source: Vm, destination: Vm, workspace: Workspace, timeoutMs: number): Promise<{ cpu: Record<string, number>; rss: Record<string, number> }> {
   // The source keeps the TLS settings of an earlier QEMU TLS run otherwise.
@@ -162,7 +166,8 @@ async function runWssmig(transport: Transport, source: Vm, destination: Vm, work
   const sourceSocket = join(workspace.dir, "outgoing.sock");
   const features = transport.multifd > 0 ? ["--multifd", String(transport.multifd)] : [];
   const tunnel = await startTunnel({ serverCerts: workspace.certs.dir, destinationSocket, sourceSocket });
-  const roles: RoleProcess[] = [];
+  const roles: RoleProcess[] = [tunnel.client, tunnel.server];
+  activeRoles = roles;
   try {
     const receive = RoleProcess.spawn("receive", ["--qmp", destination.qmpPath, "--socket", destinationSocket, ...features]);
     roles.push(receive);
@@ -185,7 +190,6 @@ async function runWssmig(transport: Transport, source: Vm, destination: Vm, work
     return { cpu, rss };
   } finally {
     await stopAll(roles);
-    await tunnel.stop();
     rmSync(destinationSocket, { force: true });
     rmSync(sourceSocket, { force: true });
   }
@@ -292,6 +296,11 @@ async function main(): Promise<void> {
 
   const workspace = await makeWorkspace();
   const results: RunResult[] = [];
+  cleanUpOnSignal(async () => {
+    await stopAll(activeRoles);
+    await cleanupAllVms();
+    rmSync(workspace.dir, { recursive: true, force: true });
+  });
   try {
     // One RAM file for every source: the guest never runs, so its content (and hash) never changes.
     let source = await startVm({ name: "bench-src", memoryMiB: gib * 1024, randomFill: true });

@@ -4,7 +4,7 @@
  * several write sizes, and the same through a plain unix-socket relay in Bun (the baseline),
  * interleaved within each round.
  *
- *   node_modules/.bin/bun bench/tunnel.ts [--gib 1] [--rounds 3]
+ *   node_modules/.bin/bun bench/tunnel.ts [--gib 1] [--rounds 3] [--write-kib N]
  *
  * Writes bench/results/tunnel.md; see bench/README.md.
  */
@@ -14,7 +14,7 @@ import { join } from "node:path";
 import type { Socket, UnixSocketListener } from "bun";
 import { makeCertSet } from "../test/helpers/certs.ts";
 import { startTunnel, type Tunnel } from "../test/helpers/tunnel.ts";
-import { CpuMeter, describeMachine, fixed, GiB, KiB, machineFacts, markdownTable, max, median, min, MiB, numberOptions } from "./common.ts";
+import { cleanUpOnSignal, CpuMeter, describeMachine, fixed, GiB, KiB, machineFacts, markdownTable, max, median, min, MiB, numberOptions } from "./common.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const RESULTS = join(import.meta.dir, "results");
@@ -22,7 +22,15 @@ const RESULTS = join(import.meta.dir, "results");
 const WRITE_SIZES = [4 * KiB, 64 * KiB, 1 * MiB];
 type Direction = "source->destination" | "destination->source";
 const DIRECTIONS: Direction[] = ["source->destination", "destination->source"];
-type Path = "unix relay (baseline)" | "wssmig tunnel";
+type Path = string;
+const RELAY: Path = "unix relay (baseline)";
+const WSSMIG: Path = "wssmig tunnel";
+/**
+ * With COMPARE_DIST=DIR, a second tunnel built from DIR's wssmig-server and wssmig-client runs in
+ * the same rounds: a before/after comparison of a data-path change on equal terms.
+ */
+const COMPARE_DIST = process.env.COMPARE_DIST;
+const COMPARED: Path = `wssmig from ${COMPARE_DIST}`;
 
 /** Random, so that nothing on the way could profit from compression. */
 const PAYLOAD = crypto.getRandomValues(new Uint8Array(1 * MiB));
@@ -141,8 +149,16 @@ async function transfer(entry: string, destination: Destination, direction: Dire
   return { MBps: total / 1e6 / seconds, cpuPerGiB: cpu / gib };
 }
 
+function tunnelOptions(certsDir: string, destinationSocket: string, sourceSocket: string) {
+  // No progress lines: they would only add noise to the CPU figures.
+  return { serverCerts: certsDir, destinationSocket, sourceSocket, serverArgs: ["--progress-interval", "0"], clientArgs: ["--progress-interval", "0"] };
+}
+
 async function main(): Promise<void> {
-  const { gib, rounds } = numberOptions(process.argv.slice(2), { gib: 1, rounds: 3 }) as { gib: number; rounds: number };
+  const options = numberOptions(process.argv.slice(2), { gib: 1, rounds: 3, "write-kib": 0 });
+  const { gib, rounds } = options as { gib: number; rounds: number };
+  // --write-kib N measures one write size only (quick profiling); by default all of WRITE_SIZES.
+  const writeSizes = options["write-kib"]! > 0 ? [options["write-kib"]! * KiB] : WRITE_SIZES;
   const build = Bun.spawnSync(["bash", "scripts/build.sh"], { cwd: ROOT, stdout: "ignore", stderr: "pipe" });
   if (build.exitCode !== 0) throw new Error(`scripts/build.sh failed: ${build.stderr.toString()}`);
   const facts = machineFacts();
@@ -150,25 +166,44 @@ async function main(): Promise<void> {
 
   const dir = mkdtempSync(join(tmpdir(), "wssmig-bench-tunnel-"));
   let tunnel: Tunnel | undefined;
+  let compared: Tunnel | undefined;
   let relay: ReturnType<typeof Bun.spawn> | undefined;
   let destination: Destination | undefined;
   const results: RunResult[] = [];
+  const cleanup = async () => {
+    await tunnel?.stop();
+    await compared?.stop();
+    if (relay) {
+      relay.kill("SIGTERM");
+      await relay.exited;
+    }
+    destination?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  cleanUpOnSignal(cleanup);
   try {
     const certs = await makeCertSet(join(dir, "certs"));
     destination = new Destination(join(dir, "destination.sock"));
     const relaySocket = join(dir, "relay.sock");
     relay = Bun.spawn([process.execPath, join(import.meta.dir, "unix-relay.ts"), relaySocket, destination.path], { stdout: "ignore", stderr: "pipe" });
-    tunnel = await startTunnel({ serverCerts: certs.dir, destinationSocket: destination.path, sourceSocket: join(dir, "client.sock"), serverArgs: ["--progress-interval", "0"], clientArgs: ["--progress-interval", "0"] });
+    tunnel = await startTunnel(tunnelOptions(certs.dir, destination.path, join(dir, "client.sock")));
     for (let waited = 0; !(await Bun.file(relaySocket).exists()) && waited < 100; waited++) await Bun.sleep(50);
 
     const paths: { path: Path; entry: string; pids: Record<string, number> }[] = [
-      { path: "unix relay (baseline)", entry: relaySocket, pids: { relay: relay.pid } },
-      { path: "wssmig tunnel", entry: join(dir, "client.sock"), pids: { client: tunnel.client.pid, server: tunnel.server.pid } },
+      { path: RELAY, entry: relaySocket, pids: { relay: relay.pid } },
+      { path: WSSMIG, entry: join(dir, "client.sock"), pids: { client: tunnel.client.pid, server: tunnel.server.pid } },
     ];
+    if (COMPARE_DIST) {
+      // The helpers always run dist/; this prefix swaps in the binary of the same name from COMPARE_DIST.
+      const swap = ["bash", "-c", `exec "${COMPARE_DIST}/$(basename "$0")" "$@"`];
+      // Runs are sequential, so both tunnels can forward into the same destination.
+      compared = await startTunnel({ ...tunnelOptions(certs.dir, destination.path, join(dir, "client2.sock")), serverPrefix: swap, clientPrefix: swap });
+      paths.push({ path: COMPARED, entry: join(dir, "client2.sock"), pids: { client: compared.client.pid, server: compared.server.pid } });
+    }
     for (let round = 1; round <= rounds; round++) {
       for (const direction of DIRECTIONS) {
-        for (const writeSize of WRITE_SIZES) {
-          // Baseline and tunnel back to back, their order alternating by round.
+        for (const writeSize of writeSizes) {
+          // Baseline and tunnel(s) back to back, their order alternating by round.
           const order = round % 2 ? paths : [...paths].reverse();
           for (const { path, entry, pids } of order) {
             const { MBps, cpuPerGiB } = await transfer(entry, destination, direction, writeSize, gib, pids);
@@ -179,15 +214,9 @@ async function main(): Promise<void> {
       }
     }
     const rss = { client: tunnel.client.peakRssMiB(), server: tunnel.server.peakRssMiB() };
-    report(results, facts, gib, rounds, rss);
+    report(results, writeSizes, facts, gib, rounds, rss);
   } finally {
-    await tunnel?.stop();
-    if (relay) {
-      relay.kill("SIGTERM");
-      await relay.exited;
-    }
-    destination?.stop();
-    rmSync(dir, { recursive: true, force: true });
+    await cleanup();
   }
 }
 
@@ -195,26 +224,36 @@ function sizeLabel(bytes: number): string {
   return bytes >= MiB ? `${bytes / MiB} MiB` : `${bytes / KiB} KiB`;
 }
 
-function report(results: RunResult[], facts: ReturnType<typeof machineFacts>, gib: number, rounds: number, rss: { client: number; server: number }): void {
+function spread(runs: RunResult[]): string {
+  const speeds = runs.map((run) => run.MBps);
+  return `${fixed(median(speeds))} (${fixed(min(speeds))}-${fixed(max(speeds))})`;
+}
+
+function report(results: RunResult[], writeSizes: number[], facts: ReturnType<typeof machineFacts>, gib: number, rounds: number, rss: { client: number; server: number }): void {
   const rows: string[][] = [];
+  const tunnelPaths = [...new Set(results.map((result) => result.path))].filter((path) => path !== RELAY);
   for (const direction of DIRECTIONS) {
-    for (const writeSize of WRITE_SIZES) {
+    for (const writeSize of writeSizes) {
       const pick = (path: Path) => results.filter((result) => result.path === path && result.direction === direction && result.writeSize === writeSize);
-      const baseline = pick("unix relay (baseline)");
-      const tunnel = pick("wssmig tunnel");
-      const ratios = tunnel.map((run) => run.MBps / (baseline.find((base) => base.round === run.round)?.MBps ?? NaN));
-      rows.push([
-        direction,
-        sizeLabel(writeSize),
-        `${fixed(median(baseline.map((run) => run.MBps)))} (${fixed(min(baseline.map((run) => run.MBps)))}-${fixed(max(baseline.map((run) => run.MBps)))})`,
-        fixed(median(baseline.map((run) => run.cpuPerGiB)), 2),
-        `${fixed(median(tunnel.map((run) => run.MBps)))} (${fixed(min(tunnel.map((run) => run.MBps)))}-${fixed(max(tunnel.map((run) => run.MBps)))})`,
-        fixed(median(tunnel.map((run) => run.cpuPerGiB)), 2),
-        fixed(median(ratios), 2),
-      ]);
+      const baseline = pick(RELAY);
+      for (const path of tunnelPaths) {
+        const tunnel = pick(path);
+        const ratios = tunnel.map((run) => run.MBps / (baseline.find((base) => base.round === run.round)?.MBps ?? NaN));
+        rows.push([
+          direction,
+          sizeLabel(writeSize),
+          spread(baseline),
+          fixed(median(baseline.map((run) => run.cpuPerGiB)), 2),
+          ...(tunnelPaths.length > 1 ? [path] : []),
+          spread(tunnel),
+          fixed(median(tunnel.map((run) => run.cpuPerGiB)), 2),
+          fixed(median(ratios), 2),
+        ]);
+      }
     }
   }
-  const table = markdownTable(["direction", "write size", "relay MB/s (min-max)", "relay CPU s/GiB", "wssmig MB/s (min-max)", "wssmig CPU s/GiB (client+server)", "wssmig / relay"], rows);
+  const header = ["direction", "write size", "relay MB/s (min-max)", "relay CPU s/GiB", ...(tunnelPaths.length > 1 ? ["tunnel"] : []), "wssmig MB/s (min-max)", "wssmig CPU s/GiB (client+server)", "wssmig / relay"];
+  const table = markdownTable(header, rows);
   const markdown = [
     `# Tunnel benchmark`,
     ``,
