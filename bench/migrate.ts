@@ -39,6 +39,8 @@ interface Transport {
   /** 0 for a single stream. */
   multifd: number;
   kind: "direct" | "qemu-tls" | "wssmig";
+  /** Run wssmig-server and wssmig-client from this directory instead of dist/ (COMPARE_DIST). */
+  dist?: string;
 }
 
 const TRANSPORTS: Transport[] = [
@@ -50,6 +52,13 @@ const TRANSPORTS: Transport[] = [
   { name: "wssmig, multifd 4", kind: "wssmig", multifd: 4 },
 ];
 const BASELINE = TRANSPORTS[1]!;
+
+/**
+ * With COMPARE_DIST=DIR, wssmig single channel also runs with DIR's wssmig-server and
+ * wssmig-client (e.g. a copy of dist/ from before a data-path change), in the same rounds.
+ */
+const COMPARE_DIST = process.env.COMPARE_DIST;
+if (COMPARE_DIST) TRANSPORTS.push({ name: `wssmig, 1 channel, ${COMPARE_DIST}`, kind: "wssmig", multifd: 0, dist: COMPARE_DIST });
 
 interface RunResult {
   transport: Transport;
@@ -165,7 +174,9 @@ async function runWssmig(transport: Transport, source: Vm, destination: Vm, work
   const destinationSocket = join(workspace.dir, "incoming.sock");
   const sourceSocket = join(workspace.dir, "outgoing.sock");
   const features = transport.multifd > 0 ? ["--multifd", String(transport.multifd)] : [];
-  const tunnel = await startTunnel({ serverCerts: workspace.certs.dir, destinationSocket, sourceSocket });
+  // The helpers always run dist/; this prefix swaps in the binary of the same name from another directory.
+  const swap = transport.dist ? ["bash", "-c", `exec "${transport.dist}/$(basename "$0")" "$@"`] : undefined;
+  const tunnel = await startTunnel({ serverCerts: workspace.certs.dir, destinationSocket, sourceSocket, serverPrefix: swap, clientPrefix: swap });
   const roles: RoleProcess[] = [tunnel.client, tunnel.server];
   activeRoles = roles;
   try {
