@@ -113,15 +113,17 @@ export interface Bar {
   high: number;
   /** Highlights the bar (e.g. wssmig's rows). */
   accent?: boolean;
+  /** Shown after the value, e.g. "1.48x". */
+  note?: string;
 }
 
 /** A horizontal bar chart with min-max whiskers, drawn as SVG text. */
 export function barChartSvg(title: string, unit: string, bars: Bar[], reference?: { label: string; value: number }): string {
   const labelWidth = 230;
-  const plotWidth = 520;
+  const plotWidth = 500;
   const rowHeight = 30;
   const top = 46;
-  const width = labelWidth + plotWidth + 90;
+  const width = labelWidth + plotWidth + 130;
   const height = top + bars.length * rowHeight + 40;
   const scaleMax = niceCeiling(Math.max(...bars.map((bar) => (Number.isFinite(bar.high) ? bar.high : bar.value)), reference?.value ?? 0));
   const x = (value: number) => labelWidth + (value / scaleMax) * plotWidth;
@@ -148,7 +150,7 @@ export function barChartSvg(title: string, unit: string, bars: Bar[], reference?
       parts.push(`<line x1="${x(bar.low).toFixed(1)}" y1="${midY}" x2="${x(bar.high).toFixed(1)}" y2="${midY}" stroke="#222"/>`);
       for (const end of [bar.low, bar.high]) parts.push(`<line x1="${x(end).toFixed(1)}" y1="${midY - 5}" x2="${x(end).toFixed(1)}" y2="${midY + 5}" stroke="#222"/>`);
     }
-    parts.push(`<text x="${(x(Number.isFinite(bar.high) ? bar.high : bar.value) + 6).toFixed(1)}" y="${y + 19}" fill="#222">${Math.round(bar.value)}</text>`);
+    parts.push(`<text x="${(x(Number.isFinite(bar.high) ? bar.high : bar.value) + 6).toFixed(1)}" y="${y + 19}" fill="#222">${Math.round(bar.value)}${bar.note ? ` (${escape(bar.note)})` : ""}</text>`);
   });
   if (reference) {
     const rx = x(reference.value);

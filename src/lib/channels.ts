@@ -8,8 +8,8 @@ import { DroppedMessageError, type MessageChannel } from "./pipe.ts";
 
 /**
  * Stop reading the unix socket when this much is queued for the peer, and read again when the
- * queue is back under LOW_WATERMARK. Small on purpose: Bun's send queues move their unsent
- * bytes to the front as they drain, so a deep queue costs memmoves in proportion to its depth.
+ * queue is back under LOW_WATERMARK. Small on purpose: a deep send queue costs CPU in Bun
+ * (most likely memmoves of the unsent bytes as the queue drains; perf shows memmove on top).
  * Measured with bench/tunnel.ts against 8 MiB / 2 MiB: 10% less CPU source->destination
  * (3.06 vs 3.38 s/GiB), throughput no lower, peak RSS 78-81 MiB instead of 92-110 MiB.
  * 1 MiB is still several milliseconds of data at tunnel speeds, far above the 1 ms poll.
