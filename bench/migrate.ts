@@ -371,3 +371,5 @@ async function main(): Promise<void> {
 }
 
 await main();
+// Done: the helpers' exit-code timeouts (uncancellable sleeps) would keep the process alive for minutes.
+process.exit(0);

@@ -137,10 +137,11 @@ async function transfer(entry: string, destination: Destination, direction: Dire
   const startedAt = performance.now();
   const socket = await Bun.connect<SocketState>({ unix: entry, data: { role: sourceRole, sent: 0, pending: null, received: 0 }, socket: endpointHandlers });
   const receiver = direction === "source->destination" ? destinationRole : sourceRole;
-  const timeout = Bun.sleep(Math.max(120_000, gib * 120_000)).then(() => {
-    throw new Error(`${direction} through ${entry}: not all bytes arrived within the time limit`);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${direction} through ${entry}: not all bytes arrived within the time limit`)), Math.max(120_000, gib * 120_000));
   });
-  await Promise.race([receiver.done, timeout]);
+  await Promise.race([receiver.done, timeout]).finally(() => clearTimeout(timer));
   const seconds = (performance.now() - startedAt) / 1000;
   const cpu = Object.values(meter.stop()).reduce((sum, value) => sum + value, 0);
   socket.end();
@@ -269,3 +270,4 @@ function report(results: RunResult[], writeSizes: number[], facts: ReturnType<ty
 }
 
 await main();
+process.exit(0);
