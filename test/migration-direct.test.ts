@@ -11,8 +11,8 @@ import type { Socket } from "bun";
 import { LineSplitter, QmpClient, QmpError } from "../src/lib/qmp.ts";
 import { likelyFailureCause, parseByteRate } from "../src/lib/migration.ts";
 import { formatProgressLine } from "../src/lib/progress.ts";
-import { GUEST_COUNTER_OFFSET } from "./fixtures/guest/build.ts";
-import { cleanupAllVms, FIRMWARE_SHADOW, readUint32At, sha256File, startVm, startVmPair, waitUntil, type Vm } from "./helpers/qemu.ts";
+import { cleanupAllVms, sha256File, startVm, startVmPair, waitUntil, type Vm } from "./helpers/qemu.ts";
+import { expectGuestMovedToDestination } from "./helpers/guest-checks.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const GIB_MIB = 1024;
@@ -191,18 +191,6 @@ describe("migration straight over a unix socket (compiled binaries, real QEMU)",
   }, 60_000);
 });
 
-/** Hashes equal at completion; after cont the counter moves on the destination only. */
-async function expectGuestMovedToDestination(pair: Pair): Promise<void> {
-  expect(await pair.source.status()).toBe("postmigrate");
-  expect(await pair.destination.status()).toBe("paused");
-  // Every byte but the firmware shadow window, which QEMU itself leaves different (see FIRMWARE_SHADOW).
-  expect(await sha256File(pair.destination.ramPath, FIRMWARE_SHADOW)).toBe(await sha256File(pair.source.ramPath, FIRMWARE_SHADOW));
-  const counterAtArrival = readUint32At(pair.destination.ramPath, GUEST_COUNTER_OFFSET);
-  expect(counterAtArrival).toBe(readUint32At(pair.source.ramPath, GUEST_COUNTER_OFFSET));
-  await pair.destination.qmp("cont");
-  await waitUntil("the guest counter to move on the destination", () => readUint32At(pair.destination.ramPath, GUEST_COUNTER_OFFSET) > counterAtArrival + 2, 10_000);
-  expect(readUint32At(pair.source.ramPath, GUEST_COUNTER_OFFSET)).toBe(counterAtArrival);
-}
 
 // ---------------------------------------------------------------------------------------------
 // The QMP client against fake peers.

@@ -7,10 +7,10 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test
 import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { GUEST_COUNTER_OFFSET } from "./fixtures/guest/build.ts";
 import { makeCertSet } from "./helpers/certs.ts";
 import { RoleProcess, stopAll } from "./helpers/processes.ts";
-import { cleanupAllVms, FIRMWARE_SHADOW, readUint32At, sha256File, startVmPair, waitUntil, type VmPair } from "./helpers/qemu.ts";
+import { cleanupAllVms, sha256File, startVmPair, type VmPair } from "./helpers/qemu.ts";
+import { expectGuestMovedToDestination } from "./helpers/guest-checks.ts";
 import { startTunnel, type Tunnel } from "./helpers/tunnel.ts";
 
 const ROOT = join(import.meta.dir, "..");
@@ -104,16 +104,6 @@ async function migrateRandomRam(label: string, features: string[] = []): Promise
   expect(await sha256File(setup.destination.ramPath)).toBe(await sha256File(setup.source.ramPath));
 }
 
-/** RAM equal at completion (but the firmware window, see FIRMWARE_SHADOW); after cont the guest runs on the destination. */
-async function expectGuestMovedToDestination(pair: VmPair): Promise<void> {
-  expect(await pair.source.status()).toBe("postmigrate");
-  expect(await pair.destination.status()).toBe("paused");
-  expect(await sha256File(pair.destination.ramPath, FIRMWARE_SHADOW)).toBe(await sha256File(pair.source.ramPath, FIRMWARE_SHADOW));
-  const counterAtArrival = readUint32At(pair.destination.ramPath, GUEST_COUNTER_OFFSET);
-  await pair.destination.qmp("cont");
-  await waitUntil("the guest counter to move on the destination", () => readUint32At(pair.destination.ramPath, GUEST_COUNTER_OFFSET) > counterAtArrival + 2, 10_000);
-  expect(readUint32At(pair.source.ramPath, GUEST_COUNTER_OFFSET)).toBe(counterAtArrival);
-}
 
 describe("migration through the tunnel (server, client, receive, send; real QEMU)", () => {
   test("1 GiB of random RAM arrives byte for byte", async () => {
