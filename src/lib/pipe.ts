@@ -233,7 +233,7 @@ export class StreamPipe {
       seconds: (performance.now() - this.startedAt) / 1000,
       reason: this.closeReasonText ?? "closed",
     };
-    const totalMiB = (summary.bytesToTunnel + summary.bytesFromTunnel) / MiB;
+    const totalBytes = summary.bytesToTunnel + summary.bytesFromTunnel;
     const level = this.endedNormally ? "info" : "warn";
     this.options.log[level](
       {
@@ -241,7 +241,7 @@ export class StreamPipe {
         sentMiB: round(summary.bytesToTunnel / MiB),
         receivedMiB: round(summary.bytesFromTunnel / MiB),
         seconds: round(summary.seconds),
-        MBps: round((totalMiB * MiB) / 1e6 / Math.max(summary.seconds, 1e-3)),
+        MBps: round(totalBytes / 1e6 / Math.max(summary.seconds, 1e-3)),
         reason: summary.reason,
       },
       "stream closed",

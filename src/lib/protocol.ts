@@ -60,6 +60,11 @@ export function parseStreamTag(headers: Headers): StreamTag | null {
   return { session, sequence };
 }
 
+/** How both ends name a stream in their logs, so that the two logs can be matched up. */
+export function streamLabel(tag: StreamTag): string {
+  return `${tag.session.slice(0, 8)}/${tag.sequence}`;
+}
+
 export function streamHeaders(tag: StreamTag): Record<string, string> {
   return { [SESSION_HEADER]: tag.session, [STREAM_HEADER]: String(tag.sequence) };
 }

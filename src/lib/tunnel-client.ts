@@ -7,10 +7,10 @@
 import type { Socket, UnixSocketListener } from "bun";
 import { clientChannel } from "./channels.ts";
 import type { Credentials } from "./credentials.ts";
-import { ExitCode, WssmigError } from "./errors.ts";
+import { ExitCode, WssmigError, describeError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import { StreamPipe } from "./pipe.ts";
-import { CloseCode, PROBE_PATH, STREAM_PATH, streamHeaders, type StreamTag } from "./protocol.ts";
+import { CloseCode, PROBE_PATH, STREAM_PATH, streamHeaders, streamLabel, type StreamTag } from "./protocol.ts";
 import { clientTlsOptions, explainConnectFailure, type ConnectContext } from "./tls.ts";
 import { listenPrivateUnixSocket, removeSocketFile } from "./unix-socket.ts";
 import { watchPeer } from "./keepalive.ts";
@@ -37,13 +37,6 @@ export interface TunnelClient {
   stop(reason: string): Promise<void>;
 }
 
-/** Why a WebSocket did not open. */
-class OpenFailure extends Error {
-  constructor(readonly detail: string, readonly closeCode?: number) {
-    super(detail);
-  }
-}
-
 function webSocketUrl(serverUrl: string, path: string): string {
   const url = new URL(serverUrl);
   url.pathname = path;
@@ -61,7 +54,7 @@ function openWebSocket(url: string, config: TunnelClientConfig, headers: Record<
     ws.binaryType = "arraybuffer";
     let errorText = "";
     const timer = setTimeout(() => {
-      reject(new OpenFailure(`timed out after ${config.openTimeoutSeconds} s`));
+      reject(new Error(`timed out after ${config.openTimeoutSeconds} s`));
       ws.terminate();
     }, config.openTimeoutSeconds * 1000);
     ws.onopen = () => {
@@ -74,7 +67,7 @@ function openWebSocket(url: string, config: TunnelClientConfig, headers: Record<
     };
     ws.onclose = (event) => {
       clearTimeout(timer);
-      reject(new OpenFailure(errorText || event.reason || `closed with code ${event.code}`, event.code));
+      reject(new Error(errorText || event.reason || `closed with code ${event.code}`));
     };
   });
 }
@@ -97,7 +90,7 @@ export async function probeServer(config: TunnelClientConfig): Promise<string> {
   try {
     ws = await openWebSocket(webSocketUrl(config.serverUrl, PROBE_PATH), config, {});
   } catch (error) {
-    const detail = error instanceof OpenFailure ? error.detail : String(error);
+    const detail = describeError(error);
     const certificateProblem = /certificate|altnames|tls|ssl|alert|handshake|verify|connection ended/i.test(detail);
     throw new WssmigError(explainConnectFailure(detail, connectContext(config)), certificateProblem ? ExitCode.Config : ExitCode.Unreachable);
   }
@@ -125,8 +118,7 @@ export async function startTunnelClient(config: TunnelClientConfig): Promise<Tun
     try {
       ws = await openWebSocket(webSocketUrl(config.serverUrl, STREAM_PATH), config, streamHeaders(tag));
     } catch (error) {
-      const detail = error instanceof OpenFailure ? error.detail : String(error);
-      log.error({ stream: leg.label }, `stream refused: ${explainConnectFailure(detail, connectContext(config))}`);
+      log.error({ stream: leg.label }, `stream refused: ${explainConnectFailure(describeError(error), connectContext(config))}`);
       socket.end();
       return;
     }
@@ -170,7 +162,7 @@ export async function startTunnelClient(config: TunnelClientConfig): Promise<Tun
       // Hold QEMU's bytes until the stream's WebSocket is open.
       socket.pause();
       const tag = { session, sequence: nextSequence++ };
-      socket.data = newUnixLeg(`${session.slice(0, 8)}/${tag.sequence}`);
+      socket.data = newUnixLeg(streamLabel(tag));
       log.info({ stream: socket.data.label }, "source QEMU connected");
       previousOpen = previousOpen.then(() => openStream(socket, tag));
     },

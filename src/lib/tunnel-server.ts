@@ -10,7 +10,7 @@ import type { Credentials } from "./credentials.ts";
 import { WssmigError, describeError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import { StreamPipe } from "./pipe.ts";
-import { CloseCode, closeReason, PROBE_PATH, STREAM_PATH, parseStreamTag, type StreamTag } from "./protocol.ts";
+import { CloseCode, closeReason, PROBE_PATH, STREAM_PATH, parseStreamTag, streamLabel, type StreamTag } from "./protocol.ts";
 import { RefusalLog } from "./refusal-log.ts";
 import { serverTlsOptions } from "./tls.ts";
 import { connectWhenListening } from "./unix-socket.ts";
@@ -102,7 +102,7 @@ export function startTunnelServer(config: TunnelServerConfig): TunnelServer {
   }
 
   async function upgradeStream(request: Request, server: Server<WebSocketData>, tag: StreamTag): Promise<Response | undefined> {
-    const label = `${tag.session.slice(0, 8)}/${tag.sequence}`;
+    const label = streamLabel(tag);
     const refusal = admission.admit(tag.session);
     if (refusal) return refuseStream(request, server, label, refusal.code, refusal.reason);
     const connected = await connectDestination(request, label);
