@@ -27,12 +27,6 @@ export function cpuSeconds(pid: number): number {
   }
 }
 
-/** Peak resident memory (VmHWM) of a running process, MiB. */
-export function peakRssMiB(pid: number): number {
-  const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-  return match ? Number(match[1]) / 1024 : NaN;
-}
-
 /** Measures the CPU a set of processes uses between start() and stop(). */
 export class CpuMeter {
   private readonly before = new Map<string, number>();

@@ -28,7 +28,6 @@ import {
   median,
   min,
   numberOptions,
-  peakRssMiB,
 } from "./common.ts";
 
 const ROOT = join(import.meta.dir, "..");
@@ -193,7 +192,7 @@ async function runWssmig(transport: Transport, source: Vm, destination: Vm, work
     roles.push(send);
     const sendCode = await send.exitCode(timeoutMs);
     const cpu = meter.stop();
-    const rss = { "wssmig-client": peakRssMiB(tunnel.client.pid), "wssmig-server": peakRssMiB(tunnel.server.pid) };
+    const rss = { "wssmig-client": tunnel.client.peakRssMiB(), "wssmig-server": tunnel.server.peakRssMiB() };
     const receiveCode = await receive.exitCode(30_000);
     if (sendCode !== 0 || receiveCode !== 0) {
       throw new Error(`${transport.name}: send exited ${sendCode}, receive ${receiveCode}\nsend:\n${send.stderr}\nreceive:\n${receive.stderr}\nclient:\n${tunnel.client.stderr}\nserver:\n${tunnel.server.stderr}`);
