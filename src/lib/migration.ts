@@ -5,7 +5,7 @@
  */
 import { lstatSync } from "node:fs";
 import { InvalidArgumentError } from "commander";
-import { ExitCode, WssmigError } from "./errors.ts";
+import { ExitCode, WssmigError, describeError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import { MigrationProgress, type ProgressMode } from "./progress.ts";
 import { QmpError, withQmp, type QmpClient } from "./qmp.ts";
@@ -75,7 +75,7 @@ export async function applyMigrationFeatures(qmp: QmpClient, features: Migration
     }
   } catch (error) {
     throw new WssmigError(
-      `could not set migration capabilities: ${describe(error)}; a migration may already be running on this VM, or this QEMU lacks the feature`,
+      `could not set migration capabilities: ${describeError(error)}; a migration may already be running on this VM, or this QEMU lacks the feature`,
       ExitCode.Failure,
       { cause: error },
     );
@@ -91,7 +91,7 @@ export async function applySourceParameters(qmp: QmpClient, parameters: SourcePa
   try {
     await qmp.execute("migrate-set-parameters", qemuParameters);
   } catch (error) {
-    throw new WssmigError(`QEMU rejected the migration parameters: ${describe(error)}`, ExitCode.Usage, { cause: error });
+    throw new WssmigError(`QEMU rejected the migration parameters: ${describeError(error)}`, ExitCode.Usage, { cause: error });
   }
 }
 
@@ -213,10 +213,6 @@ export function parseByteRate(text: string): number {
   return Math.round(value);
 }
 
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
-
 // ---------------------------------------------------------------------------------------------
 // The two roles' jobs. The entry points parse options and call these.
 
@@ -244,7 +240,7 @@ export async function sendMigration(config: SendConfig): Promise<number> {
     try {
       await qmp.execute("migrate", { uri });
     } catch (error) {
-      const desc = error instanceof QmpError ? error.desc : describe(error);
+      const desc = error instanceof QmpError ? error.desc : describeError(error);
       throw new WssmigError(`QEMU could not start the migration to ${uri}: ${desc}; likely cause: ${likelyFailureCause(desc)}`, ExitCode.Failure, { cause: error });
     }
     logger.info({ uri, maxBandwidth: config.maxBandwidth ?? "no cap", multifd: config.multifdChannels ?? 0, postcopy: Boolean(config.postcopy) }, "migration started");
@@ -331,7 +327,7 @@ class PostcopySwitch {
     try {
       await this.qmp.execute("migrate-start-postcopy");
     } catch (error) {
-      this.logger.warn({ error: describe(error) }, "QEMU did not switch to postcopy; the migration goes on as precopy");
+      this.logger.warn({ error: describeError(error) }, "QEMU did not switch to postcopy; the migration goes on as precopy");
     }
   }
 }
@@ -384,7 +380,7 @@ export async function receiveMigration(config: ReceiveConfig): Promise<number> {
     try {
       await qmp.execute("migrate-incoming", { uri });
     } catch (error) {
-      const desc = error instanceof QmpError ? error.desc : describe(error);
+      const desc = error instanceof QmpError ? error.desc : describeError(error);
       throw new WssmigError(`QEMU could not listen on ${uri}: ${desc}; pick a --socket path in a writable directory that nothing else uses`, ExitCode.Failure, { cause: error });
     }
     logger.info({ uri, multifd: config.multifdChannels ?? 0, postcopy: Boolean(config.postcopy) }, "waiting for the incoming migration");

@@ -13,6 +13,7 @@
  */
 import type { Socket } from "bun";
 import type { Logger } from "./log.ts";
+import { describeError } from "./errors.ts";
 import { CloseCode, closeReason } from "./protocol.ts";
 
 /** The WebSocket side of a stream, as the pipe needs it. */
@@ -97,7 +98,7 @@ export class StreamPipe {
     try {
       mayContinue = this.channel.send(chunk);
     } catch (error) {
-      this.fail(CloseCode.LegFailed, error instanceof Error ? error.message : String(error));
+      this.fail(CloseCode.LegFailed, describeError(error));
       return;
     }
     if (!mayContinue && !this.socketPausedForChannel) {

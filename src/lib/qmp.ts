@@ -11,7 +11,7 @@
  */
 import { lstatSync } from "node:fs";
 import type { Socket } from "bun";
-import { ExitCode, WssmigError } from "./errors.ts";
+import { ExitCode, WssmigError, describeError } from "./errors.ts";
 
 /** Enough for a QEMU that is slow after a failed migration (see the field notes). */
 export const DEFAULT_QMP_TIMEOUT_MS = 30_000;
@@ -293,7 +293,7 @@ function connectError(path: string, error: unknown): WssmigError {
   if (code === "EACCES") {
     return new WssmigError(`no permission to open the QMP socket ${path}; run as the user that owns QEMU or fix the socket's mode`, ExitCode.Unreachable);
   }
-  const message = error instanceof Error ? error.message : String(error);
+  const message = describeError(error);
   return new WssmigError(`cannot connect to the QMP socket ${path}: ${code ?? message}`, ExitCode.Unreachable);
 }
 
