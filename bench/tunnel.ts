@@ -1,8 +1,9 @@
 /**
  * Raw tunnel benchmark, no QEMU: pushes N GiB through wssmig-client -> wssmig-server (the
  * compiled binaries, mutual TLS on loopback) between two unix sockets, in each direction and for
- * several write sizes, and the same through a plain unix-socket relay in Bun (the baseline),
- * interleaved within each round.
+ * several write sizes, and the same through two relays in Bun (bench/relay.ts), interleaved
+ * within each round: a plain unix-socket relay (the baseline of every ratio) and a pair of TLS
+ * relays (wssmig's two ends with the same certificates, without the WebSocket).
  *
  *   node_modules/.bin/bun bench/tunnel.ts [--gib 1] [--rounds 3] [--write-kib N]
  *
@@ -24,6 +25,7 @@ type Direction = "source->destination" | "destination->source";
 const DIRECTIONS: Direction[] = ["source->destination", "destination->source"];
 type Path = string;
 const RELAY: Path = "unix relay (baseline)";
+const TLS_RELAY: Path = "TLS relay pair, no WebSocket";
 const WSSMIG: Path = "wssmig tunnel";
 /**
  * With COMPARE_DIST=DIR, a second tunnel built from DIR's wssmig-server and wssmig-client runs in
@@ -168,15 +170,15 @@ async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), "wssmig-bench-tunnel-"));
   let tunnel: Tunnel | undefined;
   let compared: Tunnel | undefined;
-  let relay: ReturnType<typeof Bun.spawn> | undefined;
+  const relays: Relay[] = [];
   let destination: Destination | undefined;
   const results: RunResult[] = [];
   const cleanup = async () => {
     await tunnel?.stop();
     await compared?.stop();
-    if (relay) {
-      relay.kill("SIGTERM");
-      await relay.exited;
+    for (const relay of relays) {
+      relay.process.kill("SIGTERM");
+      await relay.process.exited;
     }
     destination?.stop();
     rmSync(dir, { recursive: true, force: true });
@@ -186,12 +188,16 @@ async function main(): Promise<void> {
     const certs = await makeCertSet(join(dir, "certs"));
     destination = new Destination(join(dir, "destination.sock"));
     const relaySocket = join(dir, "relay.sock");
-    relay = Bun.spawn([process.execPath, join(import.meta.dir, "unix-relay.ts"), relaySocket, destination.path], { stdout: "ignore", stderr: "pipe" });
+    const unixRelay = await startRelay(relays, ["unix", relaySocket, destination.path]);
+    const tlsServer = await startRelay(relays, ["tls-server", "0", destination.path, certs.dir]);
+    const tlsPort = /127\.0\.0\.1:(\d+)/.exec(tlsServer.announcement)![1]!;
+    const tlsRelaySocket = join(dir, "tls-relay.sock");
+    const tlsClient = await startRelay(relays, ["tls-client", tlsRelaySocket, tlsPort, certs.dir]);
     tunnel = await startTunnel(tunnelOptions(certs.dir, destination.path, join(dir, "client.sock")));
-    for (let waited = 0; !(await Bun.file(relaySocket).exists()) && waited < 100; waited++) await Bun.sleep(50);
 
     const paths: { path: Path; entry: string; pids: Record<string, number> }[] = [
-      { path: RELAY, entry: relaySocket, pids: { relay: relay.pid } },
+      { path: RELAY, entry: relaySocket, pids: { relay: unixRelay.process.pid } },
+      { path: TLS_RELAY, entry: tlsRelaySocket, pids: { client: tlsClient.process.pid, server: tlsServer.process.pid } },
       { path: WSSMIG, entry: join(dir, "client.sock"), pids: { client: tunnel.client.pid, server: tunnel.server.pid } },
     ];
     if (COMPARE_DIST) {
@@ -221,6 +227,26 @@ async function main(): Promise<void> {
   }
 }
 
+interface Relay {
+  process: ReturnType<typeof Bun.spawn<"ignore", "ignore", "pipe">>;
+  /** The relay's first stderr line, sent once it listens: "relaying (MODE) FROM -> TO". */
+  announcement: string;
+}
+
+/** Starts bench/relay.ts with `args` (added to `relays` for clean-up) and waits until it listens. */
+async function startRelay(relays: Relay[], args: string[]): Promise<Relay> {
+  const child = Bun.spawn([process.execPath, join(import.meta.dir, "relay.ts"), ...args], { stdin: "ignore", stdout: "ignore", stderr: "pipe" });
+  const relay: Relay = { process: child, announcement: "" };
+  relays.push(relay);
+  const decoder = new TextDecoder();
+  for await (const chunk of child.stderr) {
+    relay.announcement += decoder.decode(chunk, { stream: true });
+    if (relay.announcement.includes("\n")) break;
+  }
+  if (!relay.announcement.startsWith("relaying")) throw new Error(`bench/relay.ts ${args.join(" ")} did not start: ${relay.announcement}`);
+  return relay;
+}
+
 function sizeLabel(bytes: number): string {
   return bytes >= MiB ? `${bytes / MiB} MiB` : `${bytes / KiB} KiB`;
 }
@@ -245,7 +271,7 @@ function report(results: RunResult[], writeSizes: number[], facts: ReturnType<ty
           sizeLabel(writeSize),
           spread(baseline),
           fixed(median(baseline.map((run) => run.cpuPerGiB)), 2),
-          ...(tunnelPaths.length > 1 ? [path] : []),
+          path,
           spread(tunnel),
           fixed(median(tunnel.map((run) => run.cpuPerGiB)), 2),
           fixed(median(ratios), 2),
@@ -253,13 +279,13 @@ function report(results: RunResult[], writeSizes: number[], facts: ReturnType<ty
       }
     }
   }
-  const header = ["direction", "write size", "relay MB/s (min-max)", "relay CPU s/GiB", ...(tunnelPaths.length > 1 ? ["tunnel"] : []), "wssmig MB/s (min-max)", "wssmig CPU s/GiB (client+server)", "wssmig / relay"];
+  const header = ["direction", "write size", "unix relay MB/s (min-max)", "unix relay CPU s/GiB", "path", "MB/s (min-max)", "CPU s/GiB (both ends)", "MB/s / unix relay"];
   const table = markdownTable(header, rows);
   const markdown = [
     `# Tunnel benchmark`,
     ``,
-    `${gib} GiB per run, ${rounds} round(s); wssmig-client -> wssmig-server (compiled binaries, mutual TLS over loopback) between two unix sockets, against a plain unix-socket relay in Bun (bench/unix-relay.ts) in the same run. Machine: ${describeMachine(facts)}.`,
-    `The producer writes in the given size; the tunnel sees at most that much per read. MB/s = 10^6 bytes per second, first write to last byte counted; CPU is user+system seconds of the relay, or of client + server, per GiB. Medians over rounds; "wssmig / relay" is the median of per-round ratios. Peak RSS after all runs: client ${fixed(rss.client)} MiB, server ${fixed(rss.server)} MiB.`,
+    `${gib} GiB per run, ${rounds} round(s); wssmig-client -> wssmig-server (compiled binaries, mutual TLS over loopback) between two unix sockets, against relays in Bun (bench/relay.ts) in the same rounds: a plain unix-socket relay (the baseline), and a pair of relays joined by mutual TLS over loopback with wssmig's certificates and TLS options but no WebSocket (what wssmig costs above that pair is Bun's WebSocket layer). Machine: ${describeMachine(facts)}.`,
+    `The producer writes in the given size; the tunnel sees at most that much per read. MB/s = 10^6 bytes per second, first write to last byte counted; CPU is user+system seconds of the unix relay, or of both ends of a path, per GiB. Medians over rounds; "MB/s / unix relay" is the median of per-round ratios. Peak RSS of wssmig after all runs: client ${fixed(rss.client)} MiB, server ${fixed(rss.server)} MiB.`,
     ``,
     table,
     ``,
