@@ -7,6 +7,7 @@ import { DEFAULT_CERTS_DIR, DEFAULT_OUTGOING_SOCKET } from "./lib/defaults.ts";
 import { ExitCode, WssmigError } from "./lib/errors.ts";
 import { terminationSignal } from "./lib/shutdown.ts";
 import { KEEPALIVE_MISSES_ALLOWED } from "./lib/keepalive.ts";
+import { loadProxySettings } from "./lib/proxy.ts";
 import { startTunnelClient } from "./lib/tunnel-client.ts";
 
 const NAME = "wssmig-client";
@@ -16,6 +17,8 @@ interface ClientOptions extends LogOptions {
   certs: string;
   socket: string;
   serverName?: string;
+  proxy?: string;
+  proxyCa?: string;
   openTimeout: number;
   keepalive: number;
   progressInterval: number;
@@ -39,6 +42,8 @@ const program = createProgram(NAME, "Source end of the wssmig tunnel: verifies w
   .option("--certs <dir>", "directory with ca.pem, client-cert.pem and client-key.pem", DEFAULT_CERTS_DIR)
   .option("--socket <path>", "unix socket to offer the source QEMU (wssmig-send --socket)", DEFAULT_OUTGOING_SOCKET)
   .option("--server-name <name>", "name the server certificate must carry, when it differs from the host in --server")
+  .option("--proxy <url>", "reach the server through this HTTP proxy (CONNECT), e.g. http://proxy.example:3128 or http://USER:PASSWORD@proxy.example:3128; proxy environment variables are not read")
+  .option("--proxy-ca <file>", "PEM file of the CA that signed an https:// proxy's certificate (default: the roots built into Bun)")
   .addOption(new Option("--open-timeout <seconds>", "how long opening one stream may take").argParser(secondsOption(1, 3600)).default(90))
   .addOption(new Option("--keepalive <seconds>", `seconds between pings; the server counts as gone after ${KEEPALIVE_MISSES_ALLOWED} unanswered`).argParser(secondsOption(1, 300)).default(5))
   .addOption(new Option("--progress-interval <seconds>", "seconds between per-stream progress log lines; 0 turns them off").argParser(secondsOption(0, 3600)).default(5));
@@ -47,11 +52,15 @@ async function main(): Promise<number> {
   const options = program.parse().opts<ClientOptions>();
   const stopSignal = terminationSignal();
   const log = loggerFor(NAME, options);
+  const serverUrl = parseServerUrl(options.server);
+  if (options.proxyCa && !options.proxy) throw new WssmigError("--proxy-ca needs --proxy", ExitCode.Usage);
+  const proxy = options.proxy ? await loadProxySettings(options.proxy, options.proxyCa) : undefined;
   const credentials = await loadCredentials(options.certs, "client");
   for (const warning of credentials.warnings) log.warn(warning);
   const client = await startTunnelClient({
-    serverUrl: parseServerUrl(options.server),
+    serverUrl,
     serverName: options.serverName,
+    proxy,
     credentials,
     listenSocket: options.socket,
     openTimeoutSeconds: options.openTimeout,

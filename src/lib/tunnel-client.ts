@@ -11,6 +11,7 @@ import { ExitCode, WssmigError, describeError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import { StreamPipe } from "./pipe.ts";
 import { CloseCode, PROBE_PATH, STREAM_PATH, streamHeaders, streamLabel, type StreamTag } from "./protocol.ts";
+import { checkProxy, explainProxyFailure, webSocketProxyOption, type ProxySettings } from "./proxy.ts";
 import { clientTlsOptions, explainConnectFailure, type ConnectContext } from "./tls.ts";
 import { listenPrivateUnixSocket, removeSocketFile } from "./unix-socket.ts";
 import { watchPeer } from "./keepalive.ts";
@@ -21,6 +22,8 @@ export interface TunnelClientConfig {
   serverUrl: string;
   /** The name to expect in the server certificate, when it is not the URL's host. */
   serverName?: string;
+  /** An HTTP(S) proxy to reach the server through (CONNECT), when there is one. */
+  proxy?: ProxySettings;
   credentials: Credentials;
   /** The unix socket offered to the source QEMU. */
   listenSocket: string;
@@ -50,6 +53,7 @@ function openWebSocket(url: string, config: TunnelClientConfig, headers: Record<
       tls: clientTlsOptions(config.credentials, config.serverName),
       headers,
       perMessageDeflate: false,
+      ...(config.proxy ? { proxy: webSocketProxyOption(config.proxy) } : {}),
     });
     ws.binaryType = "arraybuffer";
     let errorText = "";
@@ -80,19 +84,27 @@ function connectContext(config: TunnelClientConfig): ConnectContext {
   };
 }
 
+/** Why a WebSocket could not be opened, as one sentence, and the exit code that fits it. */
+function explainOpenFailure(detail: string, config: TunnelClientConfig): { message: string; exitCode: ExitCode } {
+  const proxyFailure = config.proxy ? explainProxyFailure(detail, config.proxy, config.serverUrl) : null;
+  if (proxyFailure) return proxyFailure;
+  const certificateProblem = /certificate|altnames|tls|ssl|alert|handshake|verify|connection ended/i.test(detail);
+  return { message: explainConnectFailure(detail, connectContext(config)), exitCode: certificateProblem ? ExitCode.Config : ExitCode.Unreachable };
+}
+
 /**
  * Completes a TLS and WebSocket handshake with the server, so that a wrong address or a
  * certificate problem is reported before the source QEMU is involved. Returns the server's
  * greeting (its close reason).
  */
 export async function probeServer(config: TunnelClientConfig): Promise<string> {
+  if (config.proxy) await checkProxy(config.proxy, config.openTimeoutSeconds);
   let ws: WebSocket;
   try {
     ws = await openWebSocket(webSocketUrl(config.serverUrl, PROBE_PATH), config, {});
   } catch (error) {
-    const detail = describeError(error);
-    const certificateProblem = /certificate|altnames|tls|ssl|alert|handshake|verify|connection ended/i.test(detail);
-    throw new WssmigError(explainConnectFailure(detail, connectContext(config)), certificateProblem ? ExitCode.Config : ExitCode.Unreachable);
+    const { message, exitCode } = explainOpenFailure(describeError(error), config);
+    throw new WssmigError(message, exitCode);
   }
   return new Promise((resolve) => {
     ws.onclose = (event) => resolve(event.reason);
@@ -103,7 +115,8 @@ export async function probeServer(config: TunnelClientConfig): Promise<string> {
 export async function startTunnelClient(config: TunnelClientConfig): Promise<TunnelClient> {
   const { log } = config;
   const greeting = await probeServer(config);
-  log.info({ server: config.serverUrl, greeting }, "server verified: TLS and WebSocket handshake completed");
+  const via = config.proxy ? { proxy: config.proxy.display } : {};
+  log.info({ server: config.serverUrl, ...via, greeting }, "server verified: TLS and WebSocket handshake completed");
 
   const session = crypto.randomUUID();
   const pipes = new Set<StreamPipe>();
@@ -118,7 +131,7 @@ export async function startTunnelClient(config: TunnelClientConfig): Promise<Tun
     try {
       ws = await openWebSocket(webSocketUrl(config.serverUrl, STREAM_PATH), config, streamHeaders(tag));
     } catch (error) {
-      log.error({ stream: leg.label }, `stream refused: ${explainConnectFailure(describeError(error), connectContext(config))}`);
+      log.error({ stream: leg.label }, `stream refused: ${explainOpenFailure(describeError(error), config).message}`);
       socket.end();
       return;
     }
