@@ -311,6 +311,34 @@ describe("failures and shutdown", () => {
     expect(line).toContain(`the server closed the stream: no destination QEMU listens on ${destinationSocket}; run wssmig-receive first`);
   });
 
+  test("client killed while its stream waits for the destination: the server frees the place for the next session", async () => {
+    const destinationSocket = join(dir, `late-${counter}.sock`);
+    const sourceSocket = join(dir, `src-${counter++}.sock`);
+    // One place only: a place the vanished stream kept would refuse the next session (4008 or 4009).
+    const tunnel = await startTunnel({ serverCerts: good.dir, destinationSocket, sourceSocket, serverArgs: ["--max-streams", "1", "--wait-for-destination", "60"] });
+    cleanups.push(() => tunnel.stop());
+    const source = await connectUnix(sourceSocket);
+    await tunnel.server.waitForLine(/waiting for the destination QEMU to listen/);
+    tunnel.client.kill("SIGKILL");
+    await tunnel.server.waitForLine(/the client went away while its stream waited for the destination QEMU/);
+    source.destroy();
+
+    const sink = await UnixSink.listen(destinationSocket);
+    cleanups.push(() => sink.close());
+    const secondSocket = join(dir, `src-${counter++}.sock`);
+    const client = spawnClient(`wss://127.0.0.1:${tunnel.port}`, good.dir, secondSocket);
+    cleanups.push(() => stopAll([client]));
+    await client.waitForLine(/listening on/);
+    const second = await connectUnix(secondSocket);
+    await writeKeystream(second, "next-session", 16 * MiB);
+    second.end();
+    await sink.waitForConnections(1);
+    await sink.connections[0]!.closed;
+    expect(sink.connections).toHaveLength(1);
+    expect(sink.connections[0]!.received.digest()).toBe(sha256Of("next-session", 16 * MiB));
+    expect(tunnel.server.stderr).not.toMatch(/refused/);
+  });
+
   test("client killed mid-stream: the server closes the destination leg and goes on serving", async () => {
     const { sourceSocket, destinationSocket, sink, tunnel } = await setUpTunnel();
     const socketsBefore = tunnel.server.openSocketCount();

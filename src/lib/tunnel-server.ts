@@ -108,6 +108,10 @@ export function startTunnelServer(config: TunnelServerConfig): TunnelServer {
     const connected = await connectDestination(request, label);
     if (typeof connected === "string") {
       admission.release();
+      if (request.signal.aborted) {
+        log.info({ stream: label }, "the client went away while its stream waited for the destination QEMU");
+        return new Response(null, { status: 499 });
+      }
       return refuseStream(request, server, label, CloseCode.DestinationUnavailable, connected);
     }
     const socket = connected;
