@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { makeCertSet, type TestCertSet } from "./helpers/certs.ts";
+import { makeCertSet, makeForeignCaSet, type TestCertSet } from "./helpers/certs.ts";
 import { createTestLink, namespacesAvailable } from "./helpers/netns.ts";
 import { RoleProcess, stopAll } from "./helpers/processes.ts";
 import { freePort, startHttpsFront, startTinyproxy, type Tinyproxy } from "./helpers/proxy.ts";
@@ -44,8 +44,8 @@ async function proxy(extra: string[] = []): Promise<Tinyproxy> {
 }
 
 /** A server on loopback whose destination socket nobody listens on (these tests stop at the probe). */
-async function server(): Promise<{ url: string; port: number }> {
-  const { server, port } = await startServer({ serverCerts: certs.dir, destinationSocket: join(dir, `unused-${counter++}.sock`) });
+async function server(serverCerts = certs.dir): Promise<{ url: string; port: number }> {
+  const { server, port } = await startServer({ serverCerts, destinationSocket: join(dir, `unused-${counter++}.sock`) });
   cleanups.push(() => stopAll([server]));
   return { url: `wss://localhost:${port}`, port };
 }
@@ -68,6 +68,18 @@ describe("wssmig-client --proxy: refusals name the proxy's answer and the fix", 
     expect(result.exitCode).toBe("listening");
     expect(result.output).toContain(`server verified: TLS and WebSocket handshake completed server=${url}/ proxy=${http.url}`);
     expect(http.log()).toContain(`CONNECT localhost:${port} HTTP/1.1`);
+  });
+
+  test("through the proxy the server certificate is checked as without it: another CA's is refused, exit 3", async () => {
+    const foreign = await makeForeignCaSet(join(dir, `foreign-${counter++}`), certs);
+    const { url } = await server(foreign.dir);
+    const http = await proxy();
+    const result = await runClient(url, ["--proxy", http.url]);
+    expect(result.exitCode).toBe(3);
+    expect(result.lastLine).toBe(
+      `wssmig-client: error: the server certificate is not signed by the CA in ${certs.ca} (TLS handshake failed: unable to verify the first certificate); use the ca.pem that wssmig-gencerts made together with the server's certificate`,
+    );
+    expect(existsSync(result.socket)).toBe(false);
   });
 
   test("a proxy that does not allow CONNECT to the server's port: exit 4", async () => {
