@@ -7,7 +7,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test
 import { chownSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { connectUnix, receiveFrom, sha256Of, UnixSink, writeKeystream } from "./helpers/bytes.ts";
+import { connectUnix, receiveFrom, sha256Of, UnixSink, writeKeystream, type SinkConnection } from "./helpers/bytes.ts";
 import { makeCertSet, makeExpiredClientSet, makeForeignCaSet, makeServerSetWithoutSan, type TestCertSet } from "./helpers/certs.ts";
 import { stopAll, type RoleProcess } from "./helpers/processes.ts";
 import { spawnClient, startServer, startTunnel } from "./helpers/tunnel.ts";
@@ -52,6 +52,25 @@ async function setUpTunnel(options: Parameters<typeof setUp>[0] = {}) {
   const tunnel = await startTunnel({ serverCerts: good.dir, destinationSocket: sockets.destinationSocket, sourceSocket: sockets.sourceSocket, serverArgs: options.serverArgs });
   cleanups.push(() => tunnel.stop());
   return { ...sockets, tunnel };
+}
+
+/**
+ * Starts a new wssmig-client (a new session) on the server at `port`, sends `size` bytes of the
+ * `seed` keystream through it on one stream, and returns the destination connection once closed.
+ */
+async function sendThroughNewClient(port: number, sink: UnixSink, seed: string, size: number): Promise<SinkConnection> {
+  const socket = join(dir, `src-${counter++}.sock`);
+  const client = spawnClient(`wss://127.0.0.1:${port}`, good.dir, socket);
+  cleanups.push(() => stopAll([client]));
+  await client.waitForLine(/listening on/);
+  const before = sink.connections.length;
+  const source = await connectUnix(socket);
+  await writeKeystream(source, seed, size);
+  source.end();
+  await sink.waitForConnections(before + 1);
+  const arrived = sink.connections[before]!;
+  await arrived.closed;
+  return arrived;
 }
 
 /** The last line a role wrote to stderr. */
@@ -325,17 +344,9 @@ describe("failures and shutdown", () => {
 
     const sink = await UnixSink.listen(destinationSocket);
     cleanups.push(() => sink.close());
-    const secondSocket = join(dir, `src-${counter++}.sock`);
-    const client = spawnClient(`wss://127.0.0.1:${tunnel.port}`, good.dir, secondSocket);
-    cleanups.push(() => stopAll([client]));
-    await client.waitForLine(/listening on/);
-    const second = await connectUnix(secondSocket);
-    await writeKeystream(second, "next-session", 16 * MiB);
-    second.end();
-    await sink.waitForConnections(1);
-    await sink.connections[0]!.closed;
+    const arrived = await sendThroughNewClient(tunnel.port, sink, "next-session", 16 * MiB);
     expect(sink.connections).toHaveLength(1);
-    expect(sink.connections[0]!.received.digest()).toBe(sha256Of("next-session", 16 * MiB));
+    expect(arrived.received.digest()).toBe(sha256Of("next-session", 16 * MiB));
     expect(tunnel.server.stderr).not.toMatch(/refused/);
   });
 
@@ -353,16 +364,8 @@ describe("failures and shutdown", () => {
     await tunnel.server.waitForLine(/stream closed .*reason=.*tunnel closed \(1006/);
 
     // The same server carries a new client's stream intact.
-    const secondSocket = join(dir, `src-${counter++}.sock`);
-    const client = spawnClient(`wss://127.0.0.1:${tunnel.port}`, good.dir, secondSocket);
-    cleanups.push(() => stopAll([client]));
-    await client.waitForLine(/listening on/);
-    const second = await connectUnix(secondSocket);
-    await writeKeystream(second, "after", 16 * MiB);
-    second.end();
-    await sink.waitForConnections(2);
-    await sink.connections[1]!.closed;
-    expect(sink.connections[1]!.received.digest()).toBe(sha256Of("after", 16 * MiB));
+    const arrived = await sendThroughNewClient(tunnel.port, sink, "after", 16 * MiB);
+    expect(arrived.received.digest()).toBe(sha256Of("after", 16 * MiB));
     await tunnel.server.waitForLine(/stream closed .*receivedMiB=16 /);
     expect(tunnel.server.openSocketCount()).toBeLessThanOrEqual(socketsBefore);
     void destinationSocket;
