@@ -19,6 +19,7 @@ interface ClientOptions extends LogOptions {
   serverName?: string;
   proxy?: string;
   proxyCa?: string;
+  proxyLoginFile?: string;
   openTimeout: number;
   keepalive: number;
   progressInterval: number;
@@ -44,6 +45,7 @@ const program = createProgram(NAME, "Source end of the wssmig tunnel: verifies w
   .option("--server-name <name>", "name the server certificate must carry, when it differs from the host in --server")
   .option("--proxy <url>", "reach the server through this HTTP proxy (CONNECT), e.g. http://proxy.example:3128 or http://USER:PASSWORD@proxy.example:3128; proxy environment variables are not read")
   .option("--proxy-ca <file>", "PEM file of the CA that signed an https:// proxy's certificate (default: the roots built into Bun)")
+  .option("--proxy-login-file <file>", "file (mode 0600) with one line USER:PASSWORD for the proxy, instead of the login in --proxy where other local users can read it")
   .addOption(new Option("--open-timeout <seconds>", "how long opening one stream may take").argParser(secondsOption(1, 3600)).default(90))
   .addOption(new Option("--keepalive <seconds>", `seconds between pings; the server counts as gone after ${KEEPALIVE_MISSES_ALLOWED} unanswered`).argParser(secondsOption(1, 300)).default(5))
   .addOption(new Option("--progress-interval <seconds>", "seconds between per-stream progress log lines; 0 turns them off").argParser(secondsOption(0, 3600)).default(5));
@@ -53,10 +55,10 @@ async function main(): Promise<number> {
   const stopSignal = terminationSignal();
   const log = loggerFor(NAME, options);
   const serverUrl = parseServerUrl(options.server);
-  if (options.proxyCa && !options.proxy) throw new WssmigError("--proxy-ca needs --proxy", ExitCode.Usage);
-  const proxy = options.proxy ? await loadProxySettings(options.proxy, options.proxyCa) : undefined;
+  if ((options.proxyCa || options.proxyLoginFile) && !options.proxy) throw new WssmigError("--proxy-ca and --proxy-login-file need --proxy", ExitCode.Usage);
+  const proxy = options.proxy ? await loadProxySettings({ url: options.proxy, caFile: options.proxyCa, loginFile: options.proxyLoginFile }) : undefined;
   const credentials = await loadCredentials(options.certs, "client");
-  for (const warning of credentials.warnings) log.warn(warning);
+  for (const warning of [...(proxy?.warnings ?? []), ...credentials.warnings]) log.warn(warning);
   const client = await startTunnelClient({
     serverUrl,
     serverName: options.serverName,

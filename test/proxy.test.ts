@@ -5,7 +5,7 @@
  * but the proxy can reach it. The refusals run on loopback, each with its exact message.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { makeCertSet, makeForeignCaSet, type TestCertSet } from "./helpers/certs.ts";
@@ -93,7 +93,7 @@ describe("wssmig-client --proxy: refusals name the proxy's answer and the fix", 
     expect(existsSync(result.socket)).toBe(false);
   });
 
-  test("a proxy that wants a login: exit 3 without one, exit 3 with a wrong one, the password never printed; the right one works", async () => {
+  test("a proxy that wants a login: exit 3 without one or with a wrong one, the password never printed; the right one works", async () => {
     const { url } = await server();
     const guarded = await proxy([`BasicAuth alice ${PROXY_PASSWORD}`]);
     const address = guarded.url.slice("http://".length);
@@ -101,7 +101,7 @@ describe("wssmig-client --proxy: refusals name the proxy's answer and the fix", 
     const anonymous = await runClient(url, ["--proxy", guarded.url]);
     expect(anonymous.exitCode).toBe(3);
     expect(anonymous.lastLine).toBe(
-      `wssmig-client: error: the proxy ${guarded.url} requires a login (407 Proxy Authentication Required); give the user and password in --proxy as http://USER:PASSWORD@HOST:PORT`,
+      `wssmig-client: error: the proxy ${guarded.url} requires a login (407 Proxy Authentication Required); put USER:PASSWORD in a file of mode 0600 and pass --proxy-login-file, or give it in --proxy as http://USER:PASSWORD@HOST:PORT`,
     );
 
     const wrong = await runClient(url, ["--proxy", `http://alice:wrong-${PROXY_PASSWORD}@${address}`]);
@@ -109,8 +109,27 @@ describe("wssmig-client --proxy: refusals name the proxy's answer and the fix", 
     expect(wrong.lastLine).toBe(`wssmig-client: error: the proxy http://alice:***@${address} did not accept the user and password in --proxy (401 Unauthorized); check them`);
     expect(wrong.output).not.toContain(PROXY_PASSWORD);
 
-    const right = await runClient(url, ["--proxy", `http://alice:${PROXY_PASSWORD}@${address}`]);
+    const inUrl = await runClient(url, ["--proxy", `http://alice:${PROXY_PASSWORD}@${address}`]);
+    expect(inUrl.exitCode).toBe("listening");
+    expect(inUrl.output).toContain("the proxy password in --proxy can be read by other local users (ps, /proc)");
+    expect(inUrl.output).not.toContain(PROXY_PASSWORD);
+  });
+
+  test("--proxy-login-file: used when only its owner can read it, refused with the chmod to run otherwise", async () => {
+    const { url } = await server();
+    const guarded = await proxy([`BasicAuth alice ${PROXY_PASSWORD}`]);
+    const loginFile = join(dir, `login-${counter++}`);
+    writeFileSync(loginFile, `alice:${PROXY_PASSWORD}\n`, { mode: 0o644 });
+    chmodSync(loginFile, 0o644);
+
+    const open = await runClient(url, ["--proxy", guarded.url, "--proxy-login-file", loginFile]);
+    expect(open.exitCode).toBe(3);
+    expect(open.lastLine).toBe(`wssmig-client: error: proxy login file ${loginFile} has mode 0644, so other users can read or change it; run chmod 600 ${loginFile}`);
+
+    chmodSync(loginFile, 0o600);
+    const right = await runClient(url, ["--proxy", guarded.url, "--proxy-login-file", loginFile]);
     expect(right.exitCode).toBe("listening");
+    expect(right.output).not.toContain("can be read by other local users");
     expect(right.output).not.toContain(PROXY_PASSWORD);
   });
 

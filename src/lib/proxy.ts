@@ -7,6 +7,7 @@
  * Only --proxy is read. Proxy environment variables (HTTPS_PROXY, ...) are ignored on purpose,
  * as Bun's WebSocket ignores them too: the path a VM's memory takes is always on the command line.
  */
+import { checkKeyFileMode } from "./certcheck.ts";
 import { ExitCode, WssmigError, describeError } from "./errors.ts";
 
 export interface ProxySettings {
@@ -20,10 +21,27 @@ export interface ProxySettings {
   /** PEM text of --proxy-ca: the CA that signed an https proxy's certificate. */
   ca?: string;
   caFile?: string;
+  /** Where the login came from, for messages; absent without one. */
+  loginSource?: string;
+  /** Sentences for the caller to log at warn level. */
+  warnings: string[];
 }
 
-/** Parses --proxy and reads --proxy-ca; every problem is a usage or config error that names the fix. */
-export async function loadProxySettings(text: string, caFile?: string): Promise<ProxySettings> {
+export interface ProxyOptions {
+  /** --proxy */
+  url: string;
+  /** --proxy-ca */
+  caFile?: string;
+  /** --proxy-login-file: one line USER:PASSWORD, mode 0600. */
+  loginFile?: string;
+}
+
+/**
+ * Parses --proxy and reads --proxy-ca and --proxy-login-file; every problem is a usage or config
+ * error that names the fix.
+ */
+export async function loadProxySettings(options: ProxyOptions): Promise<ProxySettings> {
+  const { url: text, caFile, loginFile } = options;
   let url: URL;
   try {
     url = new URL(text);
@@ -35,6 +53,13 @@ export async function loadProxySettings(text: string, caFile?: string): Promise<
   }
   const tls = url.protocol === "https:";
   if (caFile && !tls) throw new WssmigError(`--proxy-ca applies only to an https:// proxy, and ${redact(url)} is http://`, ExitCode.Usage);
+  const warnings: string[] = [];
+  if (loginFile) {
+    if (url.username) throw new WssmigError(`give the proxy login either in --proxy or in --proxy-login-file, not both`, ExitCode.Usage);
+    await applyLoginFile(url, loginFile);
+  } else if (url.password) {
+    warnings.push(`the proxy password in --proxy can be read by other local users (ps, /proc); on a shared host put USER:PASSWORD in a file of mode 0600 and pass --proxy-login-file`);
+  }
   let ca: string | undefined;
   if (caFile) {
     const file = Bun.file(caFile);
@@ -48,7 +73,23 @@ export async function loadProxySettings(text: string, caFile?: string): Promise<
     port: Number(url.port) || (tls ? 443 : 80),
     tls,
     ...(ca ? { ca, caFile } : {}),
+    ...(loginFile ? { loginSource: `--proxy-login-file ${loginFile}` } : url.username ? { loginSource: "--proxy" } : {}),
+    warnings,
   };
+}
+
+/** Sets the URL's user and password from a USER:PASSWORD file that only its owner can read. */
+async function applyLoginFile(url: URL, loginFile: string): Promise<void> {
+  const file = Bun.file(loginFile);
+  if (!(await file.exists())) throw new WssmigError(`--proxy-login-file ${loginFile} does not exist; write USER:PASSWORD into it and chmod 600 it`, ExitCode.Config);
+  const mode = await checkKeyFileMode(loginFile, "proxy login file");
+  if (mode.status === "fail") throw new WssmigError(mode.message, ExitCode.Config);
+  const line = (await file.text()).split("\n")[0]!.replace(/\r$/, "");
+  const colon = line.indexOf(":");
+  if (colon <= 0) throw new WssmigError(`--proxy-login-file ${loginFile} must hold one line USER:PASSWORD`, ExitCode.Config);
+  // The URL setters percent-encode what a URL cannot carry as it is.
+  url.username = line.slice(0, colon);
+  url.password = line.slice(colon + 1);
 }
 
 function redact(url: URL): string {
@@ -125,9 +166,9 @@ export function explainProxyFailure(errorText: string, proxy: ProxySettings, ser
   const status = Number(answer[1]);
   const said = answer[0].replace(/^proxy (?:connection failed|authentication required): /i, "");
   if (status === 407 || status === 401) {
-    const [problem, fix] = proxy.display.includes("@")
-      ? [`the proxy ${proxy.display} did not accept the user and password in --proxy`, "check them"]
-      : [`the proxy ${proxy.display} requires a login`, "give the user and password in --proxy as http://USER:PASSWORD@HOST:PORT"];
+    const [problem, fix] = proxy.loginSource
+      ? [`the proxy ${proxy.display} did not accept the user and password in ${proxy.loginSource}`, "check them"]
+      : [`the proxy ${proxy.display} requires a login`, "put USER:PASSWORD in a file of mode 0600 and pass --proxy-login-file, or give it in --proxy as http://USER:PASSWORD@HOST:PORT"];
     return { message: `${problem} (${said}); ${fix}`, exitCode: ExitCode.Config };
   }
   if (status === 403 || status === 405) {
