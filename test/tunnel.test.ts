@@ -4,7 +4,7 @@
  * QEMU, so every byte can be counted and hashed; test/migration-*.test.ts use real QEMU.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { chownSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connectUnix, receiveFrom, sha256Of, UnixSink, writeKeystream, type SinkConnection } from "./helpers/bytes.ts";
@@ -155,9 +155,9 @@ describe("data path", () => {
 
 describe("refusals", () => {
   /** Starts a server with `serverCerts`; returns it, its URL and the sink behind it. */
-  async function serverOnly(serverCerts: string) {
+  async function serverOnly(serverCerts: string, serverEnv: Record<string, string> = {}) {
     const { destinationSocket, sourceSocket, sink } = await setUp();
-    const { server, port } = await startServer({ serverCerts, destinationSocket });
+    const { server, port } = await startServer({ serverCerts, destinationSocket, serverEnv });
     cleanups.push(() => stopAll([server]));
     return { server, port, url: `wss://127.0.0.1:${port}`, sink, sourceSocket };
   }
@@ -185,6 +185,33 @@ describe("refusals", () => {
     await expectClientRefused(url, good.dir, expected);
     await expectClientRefused(url, good.dir, expected, { NODE_TLS_REJECT_UNAUTHORIZED: "0" });
     expect(sink.connections).toHaveLength(0);
+  });
+
+  test("CA files offered by the environment vouch for nobody: neither a server nor a client of another PKI", async () => {
+    // A wholly separate PKI whose CA file the environment then offers as trusted.
+    const otherDir = join(dir, `other-pki-${counter++}`);
+    const other = await makeCertSet(otherDir);
+    const trustOther: Record<string, string>[] = [{}, { NODE_EXTRA_CA_CERTS: other.ca }, { SSL_CERT_FILE: other.ca, SSL_CERT_DIR: otherDir, NODE_USE_SYSTEM_CA: "1" }];
+
+    const otherServer = await serverOnly(other.dir);
+    for (const env of trustOther) {
+      await expectClientRefused(otherServer.url, good.dir,
+        `the server certificate is not signed by the CA in ${good.ca} (TLS handshake failed: self signed certificate in certificate chain); use the ca.pem that wssmig-gencerts made together with the server's certificate`, env);
+    }
+
+    // Our CA to check the server, the other PKI's certificate to show it.
+    const mixedDir = join(dir, `mixed-${counter++}`);
+    mkdirSync(mixedDir, { mode: 0o700 });
+    copyFileSync(good.ca, join(mixedDir, "ca.pem"));
+    copyFileSync(other.clientCert, join(mixedDir, "client-cert.pem"));
+    copyFileSync(other.clientKey, join(mixedDir, "client-key.pem"));
+    for (const env of trustOther) {
+      const { url, sink } = await serverOnly(good.dir, env);
+      await expectClientRefused(url, mixedDir,
+        `the server refused our client certificate ${join(mixedDir, "client-cert.pem")} (Connection ended); it must be signed by the CA the server trusts, valid now, and made for clientAuth: check it with wssmig-gencerts check --role client`);
+      expect(sink.connections).toHaveLength(0);
+    }
+    expect(otherServer.sink.connections).toHaveLength(0);
   });
 
   test("a server certificate that does not name the host the client dials", async () => {

@@ -20,6 +20,7 @@ export interface TunnelOptions {
   serverHost?: string;
   /** Command prefixes that run each end elsewhere (a network namespace). */
   serverPrefix?: string[];
+  serverEnv?: Record<string, string | undefined>;
   clientPrefix?: string[];
 }
 
@@ -32,7 +33,7 @@ export interface Tunnel {
 }
 
 export async function startServer(
-  options: Pick<TunnelOptions, "serverCerts" | "destinationSocket" | "serverArgs" | "serverHost" | "serverPrefix"> & {
+  options: Pick<TunnelOptions, "serverCerts" | "destinationSocket" | "serverArgs" | "serverHost" | "serverPrefix" | "serverEnv"> & {
     /** TCP port (default 0: any free port), e.g. to restart a server where its clients dial. */
     port?: number;
   },
@@ -42,7 +43,7 @@ export async function startServer(
     "--certs", options.serverCerts,
     "--socket", options.destinationSocket,
     ...(options.serverArgs ?? []),
-  ], {}, options.serverPrefix);
+  ], options.serverEnv ?? {}, options.serverPrefix);
   const line = await server.waitForLine(/listening on wss:\/\//);
   const port = Number(/:(\d+)\/wssmig/.exec(line)![1]);
   return { server, port };
