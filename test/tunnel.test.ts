@@ -135,6 +135,19 @@ describe("data path", () => {
     expect(tunnel.server.peakRssMiB()).toBeLessThan(150);
   });
 
+  test("over IPv6 loopback: the server logs a URL that works as --server, and a stream arrives byte-exact", async () => {
+    const { destinationSocket, sourceSocket, sink } = await setUp();
+    const tunnel = await startTunnel({ serverCerts: good.dir, destinationSocket, sourceSocket, serverHost: "::1", dialHost: "[::1]" });
+    cleanups.push(() => tunnel.stop());
+    expect(await tunnel.server.waitForLine(/listening on/)).toContain(`listening on ${tunnel.url}/wssmig/v1/stream`);
+    const source = await connectUnix(sourceSocket);
+    await writeKeystream(source, "ipv6", 16 * MiB);
+    source.end();
+    await sink.waitForConnections(1);
+    await sink.connections[0]!.closed;
+    expect(sink.connections[0]!.received.digest()).toBe(sha256Of("ipv6", 16 * MiB));
+  });
+
   test("four concurrent streams arrive byte-exact and are accepted in the order the source connected", async () => {
     const size = 64 * MiB;
     const { sourceSocket, sink } = await setUpTunnel();

@@ -214,7 +214,9 @@ export function startTunnelServer(config: TunnelServerConfig): TunnelServer {
     attachPipe(socket, pipe);
   }
 
-  log.info({ host: config.host, port: server.port, destination: config.destinationSocket }, `listening on wss://${config.host}:${server.port}${STREAM_PATH}`);
+  // An IPv6 address goes in brackets, so that the logged URL can be pasted into --server.
+  const urlHost = config.host.includes(":") ? `[${config.host}]` : config.host;
+  log.info({ host: config.host, port: server.port, destination: config.destinationSocket }, `listening on wss://${urlHost}:${server.port}${STREAM_PATH}`);
 
   return {
     get port() {
