@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connectUnix, receiveFrom, sha256Of, UnixSink, writeKeystream, type SinkConnection } from "./helpers/bytes.ts";
 import { makeCertSet, makeExpiredClientSet, makeForeignCaSet, makeServerSetWithoutSan, type TestCertSet } from "./helpers/certs.ts";
+import { createTestLink, namespacesAvailable, type TestLink } from "./helpers/netns.ts";
 import { stopAll, type RoleProcess } from "./helpers/processes.ts";
 import { spawnClient, startServer, startTunnel } from "./helpers/tunnel.ts";
 
@@ -432,5 +433,34 @@ describe("failures and shutdown", () => {
     if (next) await receiveFrom(next).closed;
     const line = await tunnel.client.waitForLine(/stream refused/);
     expect(line).toContain(`nothing accepts connections at ${tunnel.url}`);
+  });
+});
+
+describe.skipIf(!namespacesAvailable())("a wrong --server, from a test host with no DNS server and nothing listening", () => {
+  let link: TestLink;
+  beforeAll(() => {
+    link = createTestLink(4);
+  });
+  afterAll(() => link.remove());
+
+  async function clientFails(server: string): Promise<{ exitCode: number; lastLine: string }> {
+    const client = spawnClient(server, good.dir, join(dir, `src-${counter++}.sock`), [], {}, link.exec(link.sourceNamespace));
+    cleanups.push(() => stopAll([client]));
+    return { exitCode: await client.exitCode(20_000), lastLine: lastLine(client) };
+  }
+
+  test("a host name that does not resolve is named as such, exit 4", async () => {
+    const result = await clientFails("wss://wssmig-test.invalid:8766");
+    expect(result.exitCode).toBe(4);
+    // The resolver's code (EAI_AGAIN here, ENOTFOUND with a DNS server) varies by host.
+    expect(result.lastLine).toMatch(/^wssmig-client: error: cannot resolve wssmig-test\.invalid, the host in --server \(getaddrinfo E[A-Z_]+\); fix --server or this host's DNS$/);
+  });
+
+  test("a URL without a port: the refusal says that wss:// means 443 and the server listens on 8766", async () => {
+    const result = await clientFails(`wss://${link.sourceAddress}`);
+    expect(result.exitCode).toBe(4);
+    expect(result.lastLine).toBe(
+      `wssmig-client: error: nothing accepts connections at wss://${link.sourceAddress}/ (Failed to connect); start wssmig-server there, or fix --server's host and port (without a port, wss:// means 443; wssmig-server listens on 8766 unless told otherwise)`,
+    );
   });
 });

@@ -66,7 +66,9 @@ export function explainConnectFailure(errorText: string, context: ConnectContext
     return `the server refused our client certificate ${credentials.files.cert} (${errorText}); it must be signed by the CA the server trusts, valid now, and made for clientAuth: check it with wssmig-gencerts check --role client`;
   }
   if (has("econnrefused", "connection refused", "failed to connect")) {
-    return `nothing accepts connections at ${url} (${errorText}); start wssmig-server there, or fix --server's host and port`;
+    // wss:// without a port means 443, which surprises whoever expected the server's 8766.
+    const portHint = new URL(url).port ? "" : " (without a port, wss:// means 443; wssmig-server listens on 8766 unless told otherwise)";
+    return `nothing accepts connections at ${url} (${errorText}); start wssmig-server there, or fix --server's host and port${portHint}`;
   }
   if (has("enotfound", "getaddrinfo", "dns", "name resolution")) {
     return `cannot resolve the host in ${url} (${errorText}); fix --server`;

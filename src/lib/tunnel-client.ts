@@ -5,6 +5,8 @@
  * QEMU connected, so the destination sees the same order (see protocol.ts).
  */
 import type { Socket, UnixSocketListener } from "bun";
+import { lookup } from "node:dns/promises";
+import { isIP } from "node:net";
 import { clientChannel } from "./channels.ts";
 import type { Credentials } from "./credentials.ts";
 import { ExitCode, WssmigError, describeError } from "./errors.ts";
@@ -92,6 +94,17 @@ function explainOpenFailure(detail: string, config: TunnelClientConfig): { messa
   return { message: explainConnectFailure(detail, connectContext(config)), exitCode: certificateProblem ? ExitCode.Config : ExitCode.Unreachable };
 }
 
+/** Throws when --server's host name does not resolve; IP addresses pass untouched. */
+async function assertServerHostResolves(serverUrl: string): Promise<void> {
+  const hostname = new URL(serverUrl).hostname.replace(/^\[|\]$/g, "");
+  if (isIP(hostname)) return;
+  try {
+    await lookup(hostname);
+  } catch (error) {
+    throw new WssmigError(`cannot resolve ${hostname}, the host in --server (${describeError(error)}); fix --server or this host's DNS`, ExitCode.Unreachable);
+  }
+}
+
 /**
  * Completes a TLS and WebSocket handshake with the server, so that a wrong address or a
  * certificate problem is reported before the source QEMU is involved. Returns the server's
@@ -103,7 +116,10 @@ export async function probeServer(config: TunnelClientConfig): Promise<string> {
   try {
     ws = await openWebSocket(webSocketUrl(config.serverUrl, PROBE_PATH), config, {});
   } catch (error) {
-    const { message, exitCode } = explainOpenFailure(describeError(error), config);
+    const detail = describeError(error);
+    // Bun says only "Failed to connect" for a name that does not resolve: find out which it was.
+    if (!config.proxy && /failed to connect/i.test(detail)) await assertServerHostResolves(config.serverUrl);
+    const { message, exitCode } = explainOpenFailure(detail, config);
     throw new WssmigError(message, exitCode);
   }
   return new Promise((resolve) => {
