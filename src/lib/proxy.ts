@@ -46,7 +46,8 @@ export async function loadProxySettings(options: ProxyOptions): Promise<ProxySet
   try {
     url = new URL(text);
   } catch {
-    throw new WssmigError(`--proxy ${text} is not a URL; write it as http://HOST:PORT (or http://USER:PASSWORD@HOST:PORT)`, ExitCode.Usage);
+    // Not echoed: it may hold a password.
+    throw new WssmigError("--proxy is not a URL; write it as http://HOST:PORT (or http://USER:PASSWORD@HOST:PORT)", ExitCode.Usage);
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") {
     throw new WssmigError(`--proxy ${redact(url)} must start with http:// or https:// (an HTTP proxy that allows CONNECT)`, ExitCode.Usage);
