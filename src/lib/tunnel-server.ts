@@ -110,7 +110,7 @@ export function startTunnelServer(config: TunnelServerConfig): TunnelServer {
       admission.release();
       if (request.signal.aborted) {
         log.info({ stream: label }, "the client went away while its stream waited for the destination QEMU");
-        return new Response(null, { status: 499 });
+        return new Response(null, { status: 499 }); // nobody is left to read it
       }
       return refuseStream(request, server, label, CloseCode.DestinationUnavailable, connected);
     }

@@ -20,8 +20,9 @@ export interface TunnelOptions {
   serverHost?: string;
   /** Command prefixes that run each end elsewhere (a network namespace). */
   serverPrefix?: string[];
-  serverEnv?: Record<string, string | undefined>;
   clientPrefix?: string[];
+  /** Extra environment for the server, e.g. CA variables it must ignore. */
+  serverEnv?: Record<string, string | undefined>;
 }
 
 export interface Tunnel {
