@@ -18,11 +18,11 @@ import { spawnSync } from "node:child_process";
 import { lstatSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { buildGuestKernel, GUEST_COUNTER_OFFSET } from "./fixtures/guest/build.ts";
+import { GUEST_COUNTER_OFFSET } from "./fixtures/guest/build.ts";
 import { makeCertSet, type TestCertSet } from "./helpers/certs.ts";
 import { createTestLink, emulatedPathAddresses, namespacesAvailable, netemAvailable, startEmulatedPath, type EmulatedPath, type TestLink } from "./helpers/netns.ts";
 import { RoleProcess, stopAll } from "./helpers/processes.ts";
-import { cleanupAllVms, readUint32At, startVm, startVmPair, waitUntil, type Vm, type VmPair } from "./helpers/qemu.ts";
+import { cleanupAllVms, readUint32At, startVm, startVmPair, waitUntil, withGuestKernel, type Vm, type VmPair } from "./helpers/qemu.ts";
 import { expectGuestMovedToDestination } from "./helpers/guest-checks.ts";
 import { spawnClient, startServer } from "./helpers/tunnel.ts";
 
@@ -197,7 +197,7 @@ function isSocket(path: string): boolean {
  * through whatever tunnel ends are now running: proves the survivors go on serving.
  */
 async function migrateAgain(setup: Setup, server: RoleProcess, client: RoleProcess): Promise<void> {
-  const destination = await startVm({ name: "dst2", memoryMiB: setup.memoryMiB, incoming: true, kernel: buildGuestKernel() });
+  const destination = await withGuestKernel((kernel) => startVm({ name: "dst2", memoryMiB: setup.memoryMiB, incoming: true, kernel }));
   const receive = await startReceive(destination, setup.destinationSocket);
   // No cap: over the bare veth the tunnel sends the guest's 64 MiB window in well under the
   // downtime limit; 2 s leaves room for a noisy machine.

@@ -241,6 +241,20 @@ export async function waitUntil(what: string, check: () => Promise<boolean> | bo
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
 }
 
+/**
+ * Builds the live test guest into a temporary directory for `start` (which starts QEMUs with it
+ * as -kernel) and removes it afterwards: QEMU reads -kernel when it starts, and nothing stays
+ * behind in /tmp.
+ */
+export async function withGuestKernel<T>(start: (kernel: string) => Promise<T>): Promise<T> {
+  const dir = mkdtempSync(join(tmpdir(), "wssmig-guest-"));
+  try {
+    return await start(buildGuestKernel(dir));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 export interface VmPair {
   source: Vm;
   destination: Vm;
@@ -251,9 +265,12 @@ export interface VmPair {
  * options. With liveGuest, both get the counter-writing kernel and the source runs it.
  */
 export async function startVmPair(options: { memoryMiB: number; liveGuest?: boolean }): Promise<VmPair> {
-  const kernel = options.liveGuest ? buildGuestKernel() : undefined;
-  const destination = await startVm({ name: "dst", memoryMiB: options.memoryMiB, incoming: true, kernel });
-  const source = await startVm({ name: "src", memoryMiB: options.memoryMiB, randomFill: true, kernel });
+  const startBoth = async (kernel?: string) => {
+    const destination = await startVm({ name: "dst", memoryMiB: options.memoryMiB, incoming: true, kernel });
+    const source = await startVm({ name: "src", memoryMiB: options.memoryMiB, randomFill: true, kernel });
+    return { source, destination };
+  };
+  const { source, destination } = options.liveGuest ? await withGuestKernel(startBoth) : await startBoth();
   if (options.liveGuest) {
     // The random fill put noise where the counter lives: zero it, so that a moving counter
     // proves the guest kernel (not the firmware) runs.
