@@ -14,7 +14,7 @@ import { UNLIMITED_BANDWIDTH, type MigrationInfo } from "../src/lib/migration.ts
 import { makeCertSet, type TestCertSet } from "../test/helpers/certs.ts";
 import { RoleProcess, stopAll } from "../test/helpers/processes.ts";
 import { cleanupAllVms, sha256File, startVm, waitUntil, type Vm } from "../test/helpers/qemu.ts";
-import { startTunnel } from "../test/helpers/tunnel.ts";
+import { freePort, startTunnel } from "../test/helpers/tunnel.ts";
 import {
   barChartSvg,
   cleanUpOnSignal,
@@ -117,13 +117,6 @@ async function ensureTlsCreds(vm: Vm, endpoint: "server" | "client", dir: string
   await vm.qmp("object-add", { "qom-type": "tls-creds-x509", id: "tls0", dir, endpoint, "verify-peer": true });
 }
 
-async function freeTcpPort(): Promise<number> {
-  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = listener.port;
-  listener.stop(true);
-  return port;
-}
-
 /** Polls query-migrate until a final status; 20 ms so that short runs are not rounded up. */
 async function waitForMigration(vm: Vm, timeoutMs: number): Promise<MigrationInfo> {
   let info: MigrationInfo = {};
@@ -141,7 +134,7 @@ async function runQemuDriven(transport: Transport, source: Vm, destination: Vm, 
   if (tls) {
     await ensureTlsCreds(destination, "server", workspace.qemuServerTls);
     await ensureTlsCreds(source, "client", workspace.qemuClientTls);
-    uri = `tcp:127.0.0.1:${await freeTcpPort()}`;
+    uri = `tcp:127.0.0.1:${freePort()}`;
   } else {
     uri = `unix:${join(workspace.dir, "direct.sock")}`;
   }

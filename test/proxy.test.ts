@@ -11,9 +11,9 @@ import { join } from "node:path";
 import { makeCertSet, makeForeignCaSet, type TestCertSet } from "./helpers/certs.ts";
 import { createTestLink, namespacesAvailable } from "./helpers/netns.ts";
 import { RoleProcess, stopAll } from "./helpers/processes.ts";
-import { freePort, startHttpsFront, startTinyproxy, type Tinyproxy } from "./helpers/proxy.ts";
+import { startHttpsFront, startTinyproxy, type Tinyproxy } from "./helpers/proxy.ts";
 import { cleanupAllVms, sha256File, startVmPair } from "./helpers/qemu.ts";
-import { spawnClient, startServer, startTunnel } from "./helpers/tunnel.ts";
+import { freePort, spawnClient, startServer, startTunnel } from "./helpers/tunnel.ts";
 
 const PROXY_PASSWORD = "s3cret-pw";
 

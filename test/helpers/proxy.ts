@@ -119,11 +119,3 @@ export function startHttpsFront(options: { cert: string; key: string; proxyPort:
   });
   return { url: `https://127.0.0.1:${listener.port}`, stop: () => listener.stop(true) };
 }
-
-/** A TCP port on 127.0.0.1 that nothing listens on right now. */
-export function freePort(): number {
-  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = probe.port;
-  probe.stop(true);
-  return port;
-}

@@ -67,3 +67,11 @@ export async function startTunnel(options: TunnelOptions): Promise<Tunnel> {
   if (!existsSync(options.sourceSocket)) throw new Error(`client logged listening but ${options.sourceSocket} is missing`);
   return { server, client, port, url, stop: () => stopAll([client, server]) };
 }
+
+/** A TCP port on 127.0.0.1 that nothing listens on right now. */
+export function freePort(): number {
+  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = probe.port;
+  probe.stop(true);
+  return port;
+}
