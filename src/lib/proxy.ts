@@ -9,6 +9,7 @@
  */
 import { checkKeyFileMode } from "./certcheck.ts";
 import { ExitCode, WssmigError, describeError } from "./errors.ts";
+import { urlHostname } from "./tls.ts";
 
 export interface ProxySettings {
   /** The URL as given, credentials included: only for the WebSocket option, never for logs. */
@@ -70,7 +71,7 @@ export async function loadProxySettings(options: ProxyOptions): Promise<ProxySet
   return {
     url: url.toString(),
     display: redact(url),
-    hostname: url.hostname.replace(/^\[|\]$/g, ""),
+    hostname: urlHostname(url),
     port: Number(url.port) || (tls ? 443 : 80),
     tls,
     ...(ca ? { ca, caFile } : {}),

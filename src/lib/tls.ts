@@ -32,6 +32,11 @@ export function clientTlsOptions(credentials: Credentials, serverName?: string) 
   } as const;
 }
 
+/** A URL's host name as a resolver or certificate check takes it: an IPv6 address without brackets. */
+export function urlHostname(url: string | URL): string {
+  return new URL(url).hostname.replace(/^\[|\]$/g, "");
+}
+
 export interface ConnectContext {
   url: string;
   /** The name the server certificate must carry: --server-name or the URL's host. */
@@ -71,7 +76,7 @@ export function explainConnectFailure(errorText: string, context: ConnectContext
     return `nothing accepts connections at ${url} (${errorText}); start wssmig-server there, or fix --server's host and port${portHint}`;
   }
   if (has("enotfound", "getaddrinfo", "dns", "name resolution")) {
-    return `cannot resolve the host in ${url} (${errorText}); fix --server`;
+    return `cannot resolve ${urlHostname(url)}, the host in --server (${errorText}); fix --server or this host's DNS`;
   }
   if (has("timed out", "timeout", "etimedout")) {
     return `no answer from ${url} in time (${errorText}); check that the host is reachable and that no firewall drops the port`;

@@ -14,7 +14,7 @@ import type { Logger } from "./log.ts";
 import { StreamPipe } from "./pipe.ts";
 import { CloseCode, PROBE_PATH, STREAM_PATH, streamHeaders, streamLabel, type StreamTag } from "./protocol.ts";
 import { checkProxy, explainProxyFailure, webSocketProxyOption, type ProxySettings } from "./proxy.ts";
-import { clientTlsOptions, explainConnectFailure, type ConnectContext } from "./tls.ts";
+import { clientTlsOptions, explainConnectFailure, urlHostname, type ConnectContext } from "./tls.ts";
 import { listenPrivateUnixSocket, removeSocketFile } from "./unix-socket.ts";
 import { watchPeer } from "./keepalive.ts";
 import { attachPipe, newUnixLeg, unixLegHandlers, type UnixLeg } from "./unix-leg.ts";
@@ -81,7 +81,7 @@ function openWebSocket(url: string, config: TunnelClientConfig, headers: Record<
 function connectContext(config: TunnelClientConfig): ConnectContext {
   return {
     url: config.serverUrl,
-    expectedName: config.serverName ?? new URL(config.serverUrl).hostname.replace(/^\[|\]$/g, ""),
+    expectedName: config.serverName ?? urlHostname(config.serverUrl),
     credentials: config.credentials,
   };
 }
@@ -94,14 +94,18 @@ function explainOpenFailure(detail: string, config: TunnelClientConfig): { messa
   return { message: explainConnectFailure(detail, connectContext(config)), exitCode: certificateProblem ? ExitCode.Config : ExitCode.Unreachable };
 }
 
-/** Throws when --server's host name does not resolve; IP addresses pass untouched. */
-async function assertServerHostResolves(serverUrl: string): Promise<void> {
-  const hostname = new URL(serverUrl).hostname.replace(/^\[|\]$/g, "");
-  if (isIP(hostname)) return;
+/**
+ * The resolver's error for --server's host name, or null when it resolves (or is an address).
+ * Bun's WebSocket says only "Failed to connect" for a name that does not resolve.
+ */
+async function serverHostLookupError(serverUrl: string): Promise<string | null> {
+  const hostname = urlHostname(serverUrl);
+  if (isIP(hostname)) return null;
   try {
     await lookup(hostname);
+    return null;
   } catch (error) {
-    throw new WssmigError(`cannot resolve ${hostname}, the host in --server (${describeError(error)}); fix --server or this host's DNS`, ExitCode.Unreachable);
+    return describeError(error);
   }
 }
 
@@ -116,9 +120,8 @@ export async function probeServer(config: TunnelClientConfig): Promise<string> {
   try {
     ws = await openWebSocket(webSocketUrl(config.serverUrl, PROBE_PATH), config, {});
   } catch (error) {
-    const detail = describeError(error);
-    // Bun says only "Failed to connect" for a name that does not resolve: find out which it was.
-    if (!config.proxy && /failed to connect/i.test(detail)) await assertServerHostResolves(config.serverUrl);
+    let detail = describeError(error);
+    if (!config.proxy && /failed to connect/i.test(detail)) detail = (await serverHostLookupError(config.serverUrl)) ?? detail;
     const { message, exitCode } = explainOpenFailure(detail, config);
     throw new WssmigError(message, exitCode);
   }
